@@ -1,0 +1,52 @@
+"""Evaluate a Hugging Face classifier directory (the teacher / cloud model) on labelled data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.data import Dataset
+from edgekit.errors import ModelError
+from edgekit.metrics import classification_metrics
+
+__all__ = ["evaluate_model_dir", "label_ids", "load_classifier_dir"]
+
+
+def load_classifier_dir(model_dir: Path):
+    """Load (model, tokenizer, labels) from a fine-tuned HF directory with labels in config.json."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise ModelError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load the classifier in {model_dir}: {exc}") from exc
+    id2label = model.config.id2label
+    labels = [id2label[i] for i in range(model.config.num_labels)]
+    if any(label.startswith("LABEL_") for label in labels):
+        raise ModelError(f"{model_dir}: config.json has no label names (id2label holds {labels[0]!r}, ...)")
+    model.eval()
+    return model, tokenizer, labels
+
+
+def label_ids(data: Dataset, labels: list[str]) -> np.ndarray:
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(data.labels) - set(index))
+    if unknown:
+        raise ModelError(
+            f"{data.source}: labels {', '.join(map(repr, unknown[:5]))} are not among the model's labels "
+            f"({', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''})"
+        )
+    return np.array([index[label] for label in data.labels])
+
+
+def evaluate_model_dir(model_dir: Path, data: Dataset, *, max_length: int = 128) -> dict[str, float]:
+    from edgekit.converters.training import predict_logits
+
+    model, tokenizer, labels = load_classifier_dir(model_dir)
+    y = label_ids(data, labels)
+    logits = predict_logits(model, tokenizer, data.texts, max_length=max_length)
+    return classification_metrics(logits, y)

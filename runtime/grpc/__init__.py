@@ -1,0 +1,41 @@
+"""The gRPC layer of the edge runtime.
+
+``edgekit.proto`` (edgekit's own API) and ``grpc_predict_v2.proto`` (the Open Inference
+Protocol v2 that KServe and Triton speak) with their generated code (``regenerate.sh``),
+and the thin servicers in :mod:`edgekit.runtime.grpc.servicers`.
+
+The two helpers below are the OIP v2 wire format of BYTES tensors in
+``raw_input_contents``/``raw_output_contents`` (each element: its length as a 4-byte
+little-endian unsigned integer, then its bytes). Both the v2 servicer and the KServe cloud
+client need them, so they live here rather than in either.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+__all__ = ["decode_bytes_tensor", "encode_bytes_tensor"]
+
+_LENGTH = struct.Struct("<I")
+
+
+def encode_bytes_tensor(elements: Iterable[bytes]) -> bytes:
+    """Serialise BYTES elements the way tritonclient and Triton expect raw contents."""
+    return b"".join(_LENGTH.pack(len(element)) + element for element in elements)
+
+
+def decode_bytes_tensor(raw: bytes) -> list[bytes]:
+    """Split raw BYTES contents into elements; ValueError if the buffer is malformed."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + _LENGTH.size > len(raw):
+            raise ValueError(f"BYTES tensor truncated inside a length prefix at byte {offset}")
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += _LENGTH.size
+        if offset + length > len(raw):
+            raise ValueError(f"BYTES element {len(elements)} claims {length} bytes, {len(raw) - offset} remain")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return elements

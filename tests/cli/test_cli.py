@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from edgekit import __version__
+from edgekit.cli import cli, main
+
+
+def test_help_and_version():
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0 and "finetune" in result.output
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_bad_data_is_one_line_error_and_nonzero_exit(tmp_path, capsys):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"text": "a", "label": "x"}\n{"txt": "b", "label": "y"}\n')
+    try:
+        main(["finetune", "--train", str(bad), "--validation", str(bad), "--out", str(tmp_path / "m")])
+    except SystemExit as exc:
+        code = exc.code
+    else:  # pragma: no cover - the command must fail
+        code = 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3  # DataError
+    assert err == [f"Error: {bad}:2: missing text field 'text' (fields: txt, label)"]
+    assert not (tmp_path / "m").exists()
+
+
+def test_real_subprocess_usage_error(tmp_path):
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("edgekit")), "finetune", "--train", "x.jsonl"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "Missing option '--validation'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_base_model_dir_is_clear(tmp_path, small_splits):
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("edgekit")), "finetune", "--train", str(small_splits["train"]),
+         "--validation", str(small_splits["validation"]), "--out", str(tmp_path / "m"), "--base", str(tmp_path / "nope")],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stderr.strip().splitlines()[0].startswith("Error: ")
+    assert "is not a Hugging Face model directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    json.dumps(proc.stderr)
