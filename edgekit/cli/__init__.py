@@ -18,10 +18,14 @@ from edgekit.errors import EdgekitError
 
 __all__ = ["cli", "main"]
 
-# name -> module under edgekit.cli that defines `command`
+# name -> "module:attribute" under edgekit.cli
 _COMMANDS = {
-    "finetune": "finetune",
-    "demo": "demo",
+    "convert": "convert:command",
+    "demo": "demo:command",
+    "finetune": "finetune:command",
+    "predict": "predict:command",
+    "serve": "serve:command",
+    "serve-cloud": "serve:cloud_command",
 }
 
 
@@ -30,10 +34,11 @@ class _LazyGroup(click.Group):
         return sorted(_COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        module = _COMMANDS.get(cmd_name)
-        if module is None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
             return None
-        return importlib.import_module(f"edgekit.cli.{module}").command
+        module, _, attribute = target.partition(":")
+        return getattr(importlib.import_module(f"edgekit.cli.{module}"), attribute)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,182 @@
+"""``edgekit serve`` (an edge bundle, with cloud fallback) and ``edgekit serve-cloud`` (the torch model).
+
+Both print one line when ready, ``serving <name> (<format>/<precision>, backend <b>) on
+HOST:PORT``, with the real port also for ``--port 0``, so scripts can parse it; then they
+serve until SIGTERM or Ctrl-C, letting in-flight requests finish for ``--grace-s``.
+Only click and the standard library are imported at module level (``edgekit --help``
+stays light); the runtime is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgekit.runtime.batching import BatchSettings
+    from edgekit.runtime.cascade import CascadeSettings
+    from edgekit.runtime.cloud import CloudClient
+    from edgekit.runtime.types import LogitModel
+
+__all__ = ["cloud_command", "command"]
+
+_RUNTIME_MODULES = ("grpc", "grpc_health", "grpc_reflection", "prometheus_client")
+
+
+def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options both commands share: where to listen, batching, metrics, shutdown."""
+    options = [
+        click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
+        click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Texts per model call when requests are merged; 1 turns micro-batching off."),
+        click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+                     help="How long a request may wait for others to share its model call."),
+        click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+                     help="Serve Prometheus metrics over HTTP on this port (0: any free port)."),
+        click.option("--grace-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
+                     help="On SIGTERM/Ctrl-C, how long in-flight requests may still run."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _serve(
+    model: LogitModel,
+    *,
+    cloud: CloudClient | None,
+    cascade: CascadeSettings,
+    batching: BatchSettings,
+    host: str,
+    port: int,
+    metrics_port: int | None,
+    grace_s: float,
+) -> None:
+    """Start the server (it owns model and cloud from here on), print the ready line, serve until a signal."""
+    from edgekit.runtime.server import build_server
+
+    server = build_server(
+        model, host=host, port=port, cloud=cloud, cascade=cascade, batching=batching, metrics_port=metrics_port
+    )
+    server.install_signal_handlers(grace_s)  # before the ready line: a script may SIGTERM right after it
+    info = server.dataplane.model_info()
+    click.echo(f"serving {info.name} ({info.format}/{info.precision}, backend {info.backend}) on {server.address}")
+    if server.metrics_port is not None:
+        click.echo(f"metrics on http://{host}:{server.metrics_port}/metrics")
+    server.wait()
+
+
+def _cloud_client(target: str | None, protocol: str, model_name: str | None) -> CloudClient | None:
+    from edgekit.errors import ConfigError
+
+    if target is None:
+        if model_name is not None:
+            raise ConfigError("--cloud-model needs --cloud HOST:PORT")
+        return None
+    if protocol == "kserve-v2":
+        if not model_name:
+            raise ConfigError("--cloud-protocol kserve-v2 needs --cloud-model NAME (the model to call on the v2 server)")
+        from edgekit.runtime.cloud import KServeV2CloudClient
+
+        return KServeV2CloudClient(target, model_name)
+    if model_name is not None:
+        raise ConfigError("--cloud-model applies to --cloud-protocol kserve-v2 only (an edgekit server serves one model)")
+    from edgekit.runtime.cloud import EdgekitCloudClient
+
+    return EdgekitCloudClient(target)
+
+
+@click.command("serve")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True,
+              help="Port to listen on; 0 picks a free one (printed).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tflite"]), default="auto",
+              show_default=True, help="Inference engine; auto follows the bundle's manifest.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the engine's).")
+@click.option("--cloud", "cloud_target", metavar="HOST:PORT", default=None,
+              help="Cloud model to ask when the edge model is unsure.")
+@click.option("--cloud-protocol", type=click.Choice(["edgekit", "kserve-v2"]), default="edgekit", show_default=True,
+              help="edgekit: another `edgekit serve-cloud`; kserve-v2: Triton/KServe ModelInfer.")
+@click.option("--cloud-model", metavar="NAME", default=None, help="Model name on a kserve-v2 cloud server.")
+@click.option("--cloud-timeout-ms", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              help="Deadline of one cloud call.")
+@click.option("--on-cloud-error", type=click.Choice(["degrade", "fail"]), default="degrade", show_default=True,
+              help="degrade: answer at the edge (route EDGE_CLOUD_FAILED); fail: the request fails (UNAVAILABLE).")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Fallback threshold on the calibrated score (default: the bundle's).")
+@_server_options
+def command(
+    bundle: Path,
+    port: int,
+    backend: str,
+    threads: int | None,
+    cloud_target: str | None,
+    cloud_protocol: str,
+    cloud_model: str | None,
+    cloud_timeout_ms: float,
+    on_cloud_error: str,
+    threshold: float | None,
+    host: str,
+    max_batch_size: int,
+    max_wait_ms: float,
+    metrics_port: int | None,
+    grace_s: float,
+) -> None:
+    """Serve an edge BUNDLE over gRPC (edgekit.v1 and KServe/Triton v2), falling back to a cloud model."""
+    from edgekit.cli._deps import require
+
+    require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve")
+    from edgekit.runtime.batching import BatchSettings
+    from edgekit.runtime.cascade import CascadeSettings
+
+    cascade = CascadeSettings(threshold=threshold, cloud_timeout_ms=cloud_timeout_ms, on_cloud_error=on_cloud_error)
+    batching = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+    cloud = _cloud_client(cloud_target, cloud_protocol, cloud_model)
+    try:
+        from edgekit.runtime.model import load_bundle_model
+
+        model = load_bundle_model(bundle, backend=backend, threads=threads)
+    except BaseException:
+        if cloud is not None:
+            cloud.close()
+        raise
+    _serve(
+        model, cloud=cloud, cascade=cascade, batching=batching,
+        host=host, port=port, metrics_port=metrics_port, grace_s=grace_s,
+    )
+
+
+@click.command("serve-cloud")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=50052, show_default=True,
+              help="Port to listen on; 0 picks a free one (printed).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@_server_options
+def cloud_command(
+    model_dir: Path,
+    port: int,
+    device: str,
+    host: str,
+    max_batch_size: int,
+    max_wait_ms: float,
+    metrics_port: int | None,
+    grace_s: float,
+) -> None:
+    """Serve the fine-tuned torch model in MODEL_DIR as the cloud model (it answers every text itself)."""
+    from edgekit.cli._deps import require
+
+    require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve-cloud")
+    require("torch", "transformers", extra="convert", what="edgekit serve-cloud")
+    from edgekit.converters.torch_model import load_torch_model
+    from edgekit.runtime.batching import BatchSettings
+    from edgekit.runtime.cascade import CascadeSettings
+
+    batching = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+    model = load_torch_model(model_dir, device=device)
+    _serve(
+        model, cloud=None, cascade=CascadeSettings(), batching=batching,
+        host=host, port=port, metrics_port=metrics_port, grace_s=grace_s,
+    )

@@ -1,0 +1,214 @@
+"""The transport-neutral core of the server: validate, batch, cascade, measure.
+
+Both gRPC services (edgekit.v1 and OIP v2) translate their messages and call
+:meth:`DataPlane.classify`; a future HTTP front end would do the same. Limits are checked
+here, once, so every transport refuses the same requests with the same reasons.
+
+Metrics live in a :class:`~prometheus_client.CollectorRegistry` per data plane, not the
+process-global one, so tests (or a process serving two models) can build several:
+
+* ``edgekit_requests_total{backend,status}``: requests by outcome (ok, invalid_input,
+  cloud_unavailable, error);
+* ``edgekit_predictions_total{route,backend}`` and
+  ``edgekit_prediction_latency_seconds{route,backend}``: texts and their latency by who
+  answered; the cloud rate is ``rate(predictions{route="CLOUD"}) / rate(predictions)``;
+* ``edgekit_batch_size``: texts per edge model call (micro-batching at work);
+* ``edgekit_cloud_calls_total{outcome}`` (ok, error, timeout) and
+  ``edgekit_cloud_skipped_total{reason}`` (breaker_open, saturated, no_time_left);
+* ``edgekit_cloud_breaker_open``: 1 while the circuit breaker keeps the cloud paused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from edgekit.errors import CloudUnavailable, ConfigError, InvalidInput
+from edgekit.runtime.batching import BatchedModel, BatchSettings
+from edgekit.runtime.cascade import Cascade, CascadeSettings, CircuitBreaker
+from edgekit.runtime.types import ClassifyOptions, LogitModel, ModelInfo, Prediction
+
+if TYPE_CHECKING:  # pragma: no cover - the cloud clients need grpc; the data plane does not
+    from edgekit.runtime.cloud import CloudClient
+
+__all__ = ["DataPlane", "Limits", "WARMUP_TEXTS", "make_options"]
+
+log = logging.getLogger(__name__)
+
+# Short shopper questions: enough for a backend to allocate its buffers and pick kernels.
+WARMUP_TEXTS = ("where is my order?", "I want to cancel my purchase", "how do I get a refund for a broken item")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_SKIPPED = frozenset({"breaker_open", "saturated", "no_time_left"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry; anything beyond is refused with InvalidInput."""
+
+    max_texts: int = 64
+    max_chars: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.max_texts < 1 or self.max_chars < 1:
+            raise ConfigError(f"limits must be at least 1, got max_texts={self.max_texts} max_chars={self.max_chars}")
+
+
+def make_options(top_k: int = 1, allow_cloud: bool = True, threshold: float | None = None) -> ClassifyOptions:
+    """ClassifyOptions from a request's fields; a bad value is the client's fault (InvalidInput)."""
+    try:
+        return ClassifyOptions(top_k=top_k, allow_cloud=allow_cloud, threshold=threshold)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry, backend: str) -> None:
+        self.backend = backend
+        self.requests = Counter(
+            "edgekit_requests", "Classify requests by outcome.", ["backend", "status"], registry=registry
+        )
+        self.predictions = Counter(
+            "edgekit_predictions", "Texts answered, by route.", ["route", "backend"], registry=registry
+        )
+        self.latency = Histogram(
+            "edgekit_prediction_latency_seconds",
+            "Time spent on each text inside the server, by route.",
+            ["route", "backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "edgekit_batch_size", "Texts per edge model call.", buckets=_BATCH_BUCKETS, registry=registry
+        )
+        self.cloud_calls = Counter("edgekit_cloud_calls", "Cloud calls by outcome.", ["outcome"], registry=registry)
+        self.cloud_skipped = Counter(
+            "edgekit_cloud_skipped", "Cloud calls not made although needed.", ["reason"], registry=registry
+        )
+        self.breaker_open = Gauge(
+            "edgekit_cloud_breaker_open", "1 while the circuit breaker pauses cloud calls.", registry=registry
+        )
+
+    def watch(self, breaker: CircuitBreaker) -> None:
+        self.breaker_open.set_function(lambda: float(breaker.state == "open"))
+
+    def cloud_outcome(self, outcome: str) -> None:
+        if outcome in _SKIPPED:
+            self.cloud_skipped.labels(outcome).inc()
+        else:
+            self.cloud_calls.labels(outcome).inc()
+
+    def request_done(self, predictions: Sequence[Prediction]) -> None:
+        self.requests.labels(self.backend, "ok").inc()
+        for p in predictions:
+            self.predictions.labels(p.route.value, self.backend).inc()
+            self.latency.labels(p.route.value, self.backend).observe(p.latency_ms / 1000.0)
+
+    def request_failed(self, exc: BaseException) -> None:
+        status = (
+            "invalid_input"
+            if isinstance(exc, InvalidInput)
+            else "cloud_unavailable"
+            if isinstance(exc, CloudUnavailable)
+            else "error"
+        )
+        self.requests.labels(self.backend, status).inc()
+
+
+class DataPlane:
+    """Validated, batched, cascaded classification of one model, with metrics and readiness.
+
+    The data plane owns what it is given: :meth:`close` closes the batcher, the cloud
+    client and the model.
+    """
+
+    def __init__(
+        self,
+        model: LogitModel,
+        *,
+        cloud: CloudClient | None = None,
+        cascade: CascadeSettings = CascadeSettings(),
+        batching: BatchSettings = BatchSettings(),
+        limits: Limits = Limits(),
+        registry: CollectorRegistry | None = None,
+        warmup_texts: Sequence[str] = WARMUP_TEXTS,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.limits = limits
+        self._model = model
+        self._cloud = cloud
+        self._warmup_texts = tuple(warmup_texts)
+        self._metrics = _Metrics(self.registry, model.info.backend)
+        self._batched = BatchedModel(model, batching, on_batch=self._metrics.batch_size.observe)
+        self._cascade = Cascade(self._batched, cloud, cascade, on_cloud=self._metrics.cloud_outcome)
+        self._metrics.watch(self._cascade.breaker)
+        self._ready = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        """True once :meth:`warm_up` has run the model."""
+        return self._ready.is_set()
+
+    def warm_up(self) -> None:
+        """Run the edge model once on a few texts (no cloud, no metrics), then report ready.
+
+        The first inference of a backend allocates and picks kernels; paying for it here
+        keeps it off the first shopper's latency.
+        """
+        if self._warmup_texts:
+            self._model.logits(self._warmup_texts)
+        self._ready.set()
+        log.info("event=ready model=%s backend=%s", self._model.info.name, self._model.info.backend)
+
+    def model_info(self) -> ModelInfo:
+        """The model's info, with the threshold this server actually applies."""
+        return dataclasses.replace(self._model.info, threshold=self._cascade.threshold)
+
+    def validate(self, texts: object) -> None:
+        """Refuse what the limits do not allow, naming the offending text's index."""
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+            raise InvalidInput(f"texts must be a list of strings, got {type(texts).__name__}")
+        if not texts:
+            raise InvalidInput("no texts: send at least one")
+        if len(texts) > self.limits.max_texts:
+            raise InvalidInput(f"{len(texts)} texts in one request; at most {self.limits.max_texts} are allowed")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidInput(f"texts[{i}] must be a string, got {type(text).__name__}")
+            if not text.strip():
+                raise InvalidInput(f"texts[{i}] is empty or whitespace only")
+            if len(text) > self.limits.max_chars:
+                raise InvalidInput(
+                    f"texts[{i}] has {len(text)} characters; at most {self.limits.max_chars} are allowed"
+                )
+
+    def classify(
+        self,
+        texts: Sequence[str],
+        options: ClassifyOptions = ClassifyOptions(),
+        *,
+        time_remaining_s: float | None = None,
+    ) -> list[Prediction]:
+        """Validate, then answer every text (see :mod:`edgekit.runtime.cascade` for the routing)."""
+        try:
+            self.validate(texts)
+            predictions = self._cascade.classify(texts, options, time_remaining_s=time_remaining_s)
+        except Exception as exc:
+            self._metrics.request_failed(exc)
+            raise
+        self._metrics.request_done(predictions)
+        return predictions
+
+    def close(self) -> None:
+        """Finish queued batches, then close the cloud client and the model."""
+        self._batched.close()
+        if self._cloud is not None:
+            self._cloud.close()
+        self._model.close()

@@ -1,0 +1,234 @@
+"""The edge server: one model, two gRPC APIs, health, reflection, metrics, graceful stop.
+
+:func:`build_server` wires a :class:`~edgekit.runtime.dataplane.DataPlane` to a gRPC server
+that speaks ``edgekit.v1.EdgeClassifier`` and the Open Inference Protocol v2
+(``inference.GRPCInferenceService``), plus ``grpc.health.v1.Health`` and server reflection
+(so ``grpcurl`` and ``grpc_health_probe`` work without the protos). It returns a started,
+warmed-up server: health says NOT_SERVING while the model warms up, SERVING once it is
+ready, and NOT_SERVING again as soon as :meth:`EdgeServer.stop` starts draining.
+
+The server is synchronous (a thread pool): each running RPC holds one worker, and so does
+every open ``ClassifyStream`` for as long as it stays open, so size ``max_workers`` for the
+number of kiosks that keep a stream open plus the expected concurrent calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from edgekit.errors import ConfigError
+from edgekit.runtime.batching import BatchSettings
+from edgekit.runtime.cascade import CascadeSettings
+from edgekit.runtime.dataplane import WARMUP_TEXTS, DataPlane, Limits
+from edgekit.runtime.grpc import edgekit_pb2_grpc, grpc_predict_v2_pb2_grpc
+from edgekit.runtime.grpc.servicers import SERVICE_NAMES, EdgeClassifierServicer, ErrorInterceptor, InferenceServicer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgekit.runtime.cloud import CloudClient
+    from edgekit.runtime.types import LogitModel
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "EdgeServer", "build_server"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # 64 texts of 2,000 characters need well under 1 MiB
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class EdgeServer:
+    """A running edge server. Build it with :func:`build_server`; use it as a context manager
+    or call :meth:`stop`. It owns the data plane, and through it the model and cloud client."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        *,
+        host: str,
+        port: int,
+        max_workers: int,
+        max_message_bytes: int,
+        metrics_port: int | None,
+    ) -> None:
+        self.dataplane = dataplane
+        self.host = host
+        self._metrics_port = metrics_port
+        self._metrics_httpd: WSGIServer | None = None
+        self._stop_lock = threading.Lock()
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-health")
+        self._health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self._health_pool)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edgekit-grpc"),
+            interceptors=[ErrorInterceptor()],
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+            ],
+        )
+        edgekit_pb2_grpc.add_EdgeClassifierServicer_to_server(EdgeClassifierServicer(dataplane), self._server)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            self.port = self._server.add_insecure_port(_hostport(host, port))
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {_hostport(host, port)}: {exc}").with_hint(
+                "is another server using the port?"
+            ) from exc
+
+    @property
+    def address(self) -> str:
+        """host:port the server listens on (the real port, also when 0 was asked for)."""
+        return _hostport(self.host, self.port)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The Prometheus /metrics port, or None without metrics_port."""
+        return None if self._metrics_httpd is None else self._metrics_httpd.server_port
+
+    def start(self) -> EdgeServer:
+        """Listen, expose metrics, warm the model up, then report SERVING (or stop and raise)."""
+        try:
+            self._server.start()
+            if self._metrics_port is not None:
+                self._metrics_httpd = self._serve_metrics(self._metrics_port)
+            self.dataplane.warm_up()
+        except BaseException:
+            self.stop(grace_s=0)
+            raise
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        info = self.dataplane.model_info()
+        log.info(
+            "event=serving address=%s model=%s version=%s backend=%s metrics_port=%s",
+            self.address, info.name, info.version, info.backend, self.metrics_port,
+        )
+        return self
+
+    def _serve_metrics(self, port: int) -> WSGIServer:
+        try:
+            httpd, _ = start_http_server(port, addr=self.host, registry=self.dataplane.registry)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {_hostport(self.host, port)}: {exc}") from exc
+        return httpd
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until :meth:`stop` has finished (True) or ``timeout_s`` passes (False).
+
+        Without a timeout it still wakes up every 0.2 s: Python runs signal handlers only in
+        the main thread, and a signal the OS delivered to another thread would otherwise
+        wait for the main thread to wake up by itself.
+        """
+        if timeout_s is not None:
+            return self._stopped.wait(timeout_s)
+        while not self._stopped.wait(0.2):
+            pass
+        return True
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Drain: report NOT_SERVING, refuse new RPCs, let running ones finish within
+        ``grace_s``, then close the data plane. Idempotent; a second caller waits."""
+        with self._stop_lock:
+            already = self._stopping
+            self._stopping = True
+        if already:
+            self._stopped.wait()
+            return
+        log.info("event=draining address=%s grace_s=%s", self.address, grace_s)
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace_s).wait()
+        self.dataplane.close()
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+            self._metrics_httpd.server_close()
+        self._health_pool.shutdown(wait=False)
+        log.info("event=stopped address=%s", self.address)
+        self._stopped.set()
+
+    def install_signal_handlers(self, grace_s: float = 5.0) -> None:
+        """Stop gracefully on SIGTERM (what a supervisor sends) and SIGINT. Main thread only.
+
+        The handler only starts a stopping thread: the main thread keeps waiting in
+        :meth:`wait`, which returns once in-flight requests have finished.
+        """
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("event=signal signal=%s", signal.Signals(signum).name)
+            threading.Thread(target=self.stop, args=(grace_s,), name="edgekit-stop").start()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, on_signal)
+
+    def _set_health(self, status: int) -> None:
+        for service in ("", *SERVICE_NAMES):
+            self._health.set(service, status)
+
+    def __enter__(self) -> EdgeServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def build_server(
+    model: LogitModel,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    cloud: CloudClient | None = None,
+    cascade: CascadeSettings | None = None,
+    batching: BatchSettings | None = None,
+    limits: Limits | None = None,
+    metrics_port: int | None = None,
+    max_workers: int = 16,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    warmup_texts: Sequence[str] = WARMUP_TEXTS,
+) -> EdgeServer:
+    """Serve ``model`` (falling back to ``cloud``) on host:port; returns the started, ready server.
+
+    ``port=0`` lets the OS choose; read it from ``server.port``. ``metrics_port`` (0 for
+    any) exposes Prometheus metrics over HTTP on the same host. The server takes
+    ownership of ``model`` and ``cloud``: ``stop()`` closes them.
+    """
+    dataplane = DataPlane(
+        model,
+        cloud=cloud,
+        cascade=cascade or CascadeSettings(),
+        batching=batching or BatchSettings(),
+        limits=limits or Limits(),
+        warmup_texts=warmup_texts,
+    )
+    try:
+        server = EdgeServer(
+            dataplane,
+            host=host,
+            port=port,
+            max_workers=max_workers,
+            max_message_bytes=max_message_bytes,
+            metrics_port=metrics_port,
+        )
+    except BaseException:
+        dataplane.close()
+        raise
+    return server.start()

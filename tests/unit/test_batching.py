@@ -1,0 +1,158 @@
+"""The micro-batcher merges concurrent requests, never splits one, and fails or stops cleanly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from edgekit.errors import ConfigError
+from edgekit.runtime.batching import BatchedModel, BatchSettings, MicroBatcher
+from tests.fakes import KeywordModel
+
+
+class Echo:
+    """A batch function that records its batches; optionally blocks its first call until released."""
+
+    def __init__(self, hold_first: bool = False) -> None:
+        self.batches: list[list[str]] = []
+        self.threads: set[str] = set()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        self.batches.append(list(texts))
+        self.threads.add(threading.current_thread().name)
+        self.entered.set()
+        self.release.wait(5)
+        return [t.upper() for t in texts]
+
+
+def _wait_queued(batcher: MicroBatcher, n: int) -> None:
+    """Wait (bounded) until n requests sit in the batcher's queue, so their order is known."""
+    deadline = time.monotonic() + 2
+    while batcher._queue.qsize() < n:
+        assert time.monotonic() < deadline, "requests did not reach the queue"
+        time.sleep(0.001)
+
+
+def test_disabled_batcher_calls_directly_in_the_callers_thread():
+    fn, sizes = Echo(), []
+    batcher = MicroBatcher(fn, BatchSettings(max_batch_size=1), on_batch=sizes.append)
+    assert batcher.submit(["a", "b"]) == ["A", "B"]
+    assert fn.threads == {threading.current_thread().name}
+    assert sizes == [2]
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(["c"])
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_rows():
+    fn, sizes = Echo(), []
+    # A long wait: the batch closes because it is full, not because time ran out.
+    batcher = MicroBatcher(fn, BatchSettings(max_batch_size=4, max_wait_ms=2000), on_batch=sizes.append)
+    start = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda t: batcher.submit([t]), ["a", "b", "c", "d"]))
+    assert time.monotonic() - start < 1.5
+    assert results == [["A"], ["B"], ["C"], ["D"]]
+    assert sizes == [4] and sorted(fn.batches[0]) == ["a", "b", "c", "d"]
+    batcher.close()
+
+
+def test_requests_are_never_split_and_overflow_waits_for_the_next_batch():
+    fn = Echo(hold_first=True)
+    batcher = MicroBatcher(fn, BatchSettings(max_batch_size=4, max_wait_ms=50))
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.submit, ["blocker"])
+        assert fn.entered.wait(2)  # the worker is busy: the next requests queue up in order
+        big = pool.submit(batcher.submit, ["b1", "b2", "b3"])
+        _wait_queued(batcher, 1)
+        small = pool.submit(batcher.submit, ["s1", "s2"])
+        _wait_queued(batcher, 2)
+        huge = pool.submit(batcher.submit, [f"h{i}" for i in range(6)])
+        _wait_queued(batcher, 3)
+        fn.release.set()
+        assert first.result(2) == ["BLOCKER"]
+        assert big.result(2) == ["B1", "B2", "B3"]
+        assert small.result(2) == ["S1", "S2"]
+        assert huge.result(2) == [f"H{i}" for i in range(6)]
+    assert [len(b) for b in fn.batches] == [1, 3, 2, 6]
+    batcher.close()
+
+
+def test_a_lone_request_waits_at_most_max_wait():
+    fn = Echo()
+    batcher = MicroBatcher(fn, BatchSettings(max_batch_size=8, max_wait_ms=20))
+    start = time.monotonic()
+    assert batcher.submit(["x"]) == ["X"]
+    assert time.monotonic() - start < 0.5
+    batcher.close()
+
+
+def test_an_error_reaches_every_caller_of_the_batch_and_the_worker_survives():
+    calls = []
+
+    def explode(texts):
+        calls.append(list(texts))
+        if len(calls) == 1:
+            raise ValueError("boom")
+        return texts
+
+    batcher = MicroBatcher(explode, BatchSettings(max_batch_size=2, max_wait_ms=2000))
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(batcher.submit, [t]) for t in ("a", "b")]
+        for future in futures:
+            with pytest.raises(ValueError, match="boom"):
+                future.result(2)
+    assert batcher.submit(["c", "d"]) == ["c", "d"]  # a full batch: no waiting
+    batcher.close()
+
+
+def test_wrong_row_count_is_an_error_not_a_silent_mismatch():
+    batcher = MicroBatcher(lambda texts: texts[:-1], BatchSettings(max_batch_size=4, max_wait_ms=0))
+    with pytest.raises(RuntimeError, match="returned 1 rows for 2 texts"):
+        batcher.submit(["a", "b"])
+    batcher.close()
+
+
+def test_close_finishes_queued_requests_then_refuses_and_stops_the_worker():
+    fn = Echo(hold_first=True)
+    batcher = MicroBatcher(fn, BatchSettings(max_batch_size=2, max_wait_ms=0), name="batcher-under-test")
+    with ThreadPoolExecutor(3) as pool:
+        running = pool.submit(batcher.submit, ["a"])
+        assert fn.entered.wait(2)
+        queued = pool.submit(batcher.submit, ["b"])
+        _wait_queued(batcher, 1)
+        closing = pool.submit(batcher.close)
+        _wait_queued(batcher, 2)  # the stop sentinel sits behind the queued request
+        fn.release.set()
+        assert running.result(2) == ["A"] and queued.result(2) == ["B"]
+        closing.result(2)
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(["c"])
+    assert "batcher-under-test" not in {t.name for t in threading.enumerate()}
+    batcher.close()  # idempotent
+
+
+def test_batched_model_is_a_logit_model_with_the_same_answers():
+    model = KeywordModel()
+    batched = BatchedModel(model, BatchSettings(max_batch_size=4, max_wait_ms=1))
+    texts = ["please cancel", "where is it", "refund please"]
+    assert batched.info is model.info
+    np.testing.assert_array_equal(batched.logits(texts), model.logits(texts))
+    batched.close()
+    assert not model.closed  # the model belongs to whoever made it
+
+
+def test_settings_are_validated():
+    with pytest.raises(ConfigError):
+        BatchSettings(max_batch_size=-1)
+    with pytest.raises(ConfigError):
+        BatchSettings(max_wait_ms=-0.5)
+    assert not BatchSettings(max_batch_size=1).enabled and BatchSettings(max_batch_size=2).enabled
