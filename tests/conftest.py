@@ -52,3 +52,33 @@ def tiny_base(tmp_path_factory, small_splits) -> Path:
 
     texts = load_dataset(small_splits["train"]).texts
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-base"), texts)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, tiny_base, small_splits) -> Path:
+    """The tiny BERT fine-tuned on the small splits: a real classifier directory with labels."""
+    from edgekit.converters.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("tiny-classifier") / "model"
+    finetune(FinetuneConfig(train=small_splits["train"], validation=small_splits["validation"], out=out,
+                            base=tiny_base, epochs=10, batch_size=16, learning_rate=5e-3, progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export_inputs(tiny_classifier, small_splits):
+    """ExportInputs for the tiny classifier: max_length 32, buckets 16/32, calibration texts from train."""
+    from edgekit.converters.exporters.inputs import export_inputs_for
+    from edgekit.data import load_dataset
+
+    texts = load_dataset(small_splits["train"]).texts
+    return export_inputs_for(tiny_classifier, max_length=32, buckets=(16, 32), calibration_texts=texts[:64])
+
+
+def torch_logits(inputs, texts, pad_to=None):
+    """Reference logits of the student in torch for the same token ids the runtime feeds."""
+    import torch
+
+    ids, mask = inputs.encode(list(texts), pad_to)
+    with torch.no_grad():
+        return inputs.wrapper(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()

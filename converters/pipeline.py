@@ -1,0 +1,331 @@
+"""``edgekit convert``: teacher → distilled student → artifacts per format → gated, calibrated bundles.
+
+Steps: load and check data and teacher; distil; prune the vocabulary; export every variant of
+every target; load each artifact with the *runtime* backend (what the device will run) and
+measure accuracy, agreement and latency; calibrate; choose per format; gate on accuracy; write
+bundles and the report. Everything is built in a temporary directory and moved into place at
+the end, so a failed or interrupted run leaves no half bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit.config import ConvertConfig
+from edgekit.data import Dataset, load_dataset, load_splits
+from edgekit.errors import AccuracyGateError, ModelError
+from edgekit.manifest import Calibration, Manifest, sha256_file
+from edgekit.metrics import classification_metrics, softmax
+
+__all__ = ["Candidate", "ConvertResult", "choose_lengths", "convert"]
+
+log = logging.getLogger(__name__)
+_REQUIRES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "nncf"), "tflite": ("litert_torch", "ai_edge_litert")}
+
+
+@dataclass
+class Candidate:
+    format: str
+    variant: str
+    precision: str
+    directory: Path
+    model_files: list[str]
+    buckets: list[int]
+    details: dict
+    size_bytes: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    calibration: Any = None
+    risk_coverage: list[dict] = field(default_factory=list)
+    status: str = "rejected"  # written | rejected | not-selected
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.format}-{self.precision}"
+
+
+@dataclass
+class ConvertResult:
+    out: Path
+    bundles: list[Path]
+    rows: list[dict]
+    teacher: dict
+
+
+def choose_lengths(lengths: list[int], max_length: int | None, buckets: tuple[int, ...] | None):
+    """max_length: the smallest of 32/64/128 covering the 99th percentile; buckets 16, 32, ... up to it."""
+    p99 = int(np.percentile(lengths, 99)) if lengths else 16
+    if max_length is None:
+        max_length = next((n for n in (32, 64, 128) if n >= p99), 128)
+    if buckets is None:
+        buckets = tuple(n for n in (16, 32, 64, 128, 256, 512) if n < max_length) + (max_length,)
+    buckets = tuple(sorted(b for b in buckets if b <= max_length)) or (max_length,)
+    return max_length, buckets, p99
+
+
+def _require(targets: list[str]) -> None:
+    from edgekit.cli._deps import require
+
+    require("torch", "transformers", "accelerate", extra="convert", what="edgekit convert")
+    for target in targets:
+        require(*_REQUIRES[target], extra="convert", what=f"the {target} target")
+
+
+def _dir_size(directory: Path, files: list[str]) -> int:
+    return sum((directory / f).stat().st_size for f in files)
+
+
+def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> ConvertResult:
+    from edgekit.converters.exporters import EXPORTERS
+
+    targets = list(dict.fromkeys(EXPORTERS.canonical(t) for t in config.targets))
+    _require(targets)
+    from edgekit.converters.evaluate import label_ids, load_classifier_dir
+    from edgekit.converters.training import predict_logits
+
+    train, val, test = load_splits(
+        config.train, config.validation, config.test, text_field=config.text_field, label_field=config.label_field
+    )
+    unlabeled = load_dataset(config.unlabeled, text_field=config.text_field, label_field=None) if config.unlabeled else None
+    teacher, teacher_tok, labels = load_classifier_dir(config.model_dir)
+    extra = sorted(set(train.labels) - set(labels))
+    if extra:
+        raise ModelError(
+            f"{config.train}: labels {', '.join(map(repr, extra[:5]))} are not labels of the model in "
+            f"{config.model_dir} ({len(labels)} labels: {', '.join(labels[:5])}, ...)"
+        )
+    y_val, y_test = label_ids(val, labels), label_ids(test, labels)
+    lengths = [len(ids) for ids in teacher_tok(list(train.texts))["input_ids"]]
+    max_length, buckets, p99 = choose_lengths(lengths, config.max_length, config.buckets)
+    echo(f"data: {len(train)} train / {len(val)} validation / {len(test)} test texts, {len(labels)} labels; "
+         f"99th-percentile length {p99} tokens → max_length {max_length}, buckets {list(buckets)}")
+
+    t_val = predict_logits(teacher, teacher_tok, val.texts, max_length=max_length)
+    t_test = predict_logits(teacher, teacher_tok, test.texts, max_length=max_length)
+    teacher_val_pred, teacher_test_pred = t_val.argmax(-1), t_test.argmax(-1)
+    teacher_files = [p for p in Path(config.model_dir).iterdir() if p.suffix in (".safetensors", ".bin")]
+    teacher_row = {
+        "artifact": "teacher", "format": "torch", "precision": "fp32", "variant": "fp32",
+        "size_bytes": sum(p.stat().st_size for p in teacher_files),
+        **classification_metrics(t_test, y_test, teacher_pred=teacher_test_pred),
+        "threshold": None, "cloud_rate": 0.0, "cascade_accuracy": None, "status": "teacher",
+    }
+    teacher_row["cascade_accuracy"] = teacher_row["accuracy"]
+    echo(f"teacher: test accuracy {teacher_row['accuracy']:.4f}, size {teacher_row['size_bytes'] / 1e6:.1f} MB")
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".edgekit-convert-", dir=out) as tmp:
+        work = Path(tmp)
+        student_dir, student_info = _make_student(config, teacher, teacher_tok, labels, train, val, unlabeled,
+                                                  work, max_length, echo)
+        candidates = _export_all(config, targets, student_dir, train, val, test, labels, max_length, buckets,
+                                 y_val, y_test, teacher_val_pred, teacher_test_pred, work, echo)
+        failures = _select(candidates, teacher_row["accuracy"], config)
+        provenance = {
+            "teacher": str(Path(config.model_dir).resolve()),
+            "teacher_sha256": {p.name: sha256_file(p) for p in teacher_files},
+            "data": {"train": train.fingerprint(), "validation": val.fingerprint(), "test": test.fingerprint()},
+            "student": student_info,
+            "edgekit": __version__,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        from edgekit.converters.report import write_report
+
+        rows = [teacher_row] + [_row(c) for c in candidates]
+        bundles = [_write_bundle(c, out, labels, max_length, provenance, teacher_row)
+                   for c in candidates if c.status == "written"]
+        write_report(out, rows, candidates, teacher_row, student_info)
+        _atomic_text(out / "convert-config.yaml", config.to_yaml())
+    if failures:
+        raise AccuracyGateError(
+            "accuracy gate failed: " + "; ".join(failures)
+            + f" (teacher {teacher_row['accuracy']:.4f}, allowed drop {config.max_accuracy_drop} points)",
+            hint="see report.md; --allow-accuracy-drop writes them anyway",
+        )
+    return ConvertResult(out, bundles, rows, teacher_row)
+
+
+def _make_student(config, teacher, teacher_tok, labels, train, val, unlabeled, work, max_length, echo):
+    import torch
+
+    from edgekit.converters.distill import DistillConfig, distill
+    from edgekit.converters.training import predict_logits
+
+    echo("distilling the student ...")
+    result = distill(
+        teacher, teacher_tok, labels, train, val,
+        DistillConfig(
+            student=config.student, layers=config.student_layers, epochs=config.epochs,
+            batch_size=config.batch_size, learning_rate=config.learning_rate,
+            temperature=config.distill_temperature, alpha=config.alpha, hidden_weight=config.hidden_weight,
+            augment=config.augment, max_length=max_length, seed=config.seed, progress=config.progress,
+        ),
+        unlabeled=unlabeled,
+    )
+    info = {"source": str(config.student) if config.student else "teacher-layers", "teacher_layers": result.layers,
+            "parameters": result.parameters, "validation_accuracy": result.validation_accuracy,
+            "best_epoch": result.best_epoch}
+    echo(f"student: {result.parameters / 1e6:.1f}M parameters, validation accuracy {result.validation_accuracy:.4f}")
+    student_dir = work / "student"
+    result.model.save_pretrained(student_dir, safe_serialization=True)
+    result.tokenizer.save_pretrained(student_dir)
+    if not config.prune_vocab:
+        return student_dir, info
+    from edgekit.converters.vocab import prune_vocabulary
+
+    before = predict_logits(result.model, result.tokenizer, val.texts, max_length=max_length).argmax(-1)
+    pruned_dir = work / "student-pruned"
+    corpus = list(train.texts) + list(val.texts) + (list(unlabeled.texts) if unlabeled else [])
+    pruned = prune_vocabulary(result.model, result.tokenizer, corpus, pruned_dir)
+    from transformers import AutoTokenizer
+
+    model = result.model
+    with torch.no_grad():
+        after = predict_logits(model, AutoTokenizer.from_pretrained(pruned_dir), val.texts, max_length=max_length)
+    agreement = float((after.argmax(-1) == before).mean())
+    info["vocab_pruning"] = {"tokens_before": pruned.old_size, "tokens_after": pruned.new_size,
+                             "bytes_saved_fp32": pruned.bytes_saved, "agreement_with_unpruned": agreement}
+    echo(f"vocabulary pruned {pruned.old_size} → {pruned.new_size} tokens "
+         f"({pruned.bytes_saved / 1e6:.1f} MB fp32 saved), agreement with the unpruned student {agreement:.4f}")
+    return pruned_dir, info
+
+
+def _export_all(config, targets, student_dir, train, val, test, labels, max_length, buckets,
+                y_val, y_test, teacher_val_pred, teacher_test_pred, work, echo) -> list[Candidate]:
+    from tqdm.auto import tqdm
+
+    from edgekit.converters.calibrate import calibrate, cascade_at, risk_coverage
+    from edgekit.converters.exporters import get_exporter
+    from edgekit.converters.exporters.inputs import export_inputs_for
+    from edgekit.converters.measure import batched_logits, latency_ms
+    from edgekit.runtime.model import load_bundle_model
+
+    rng = np.random.default_rng(config.seed)
+    calib_texts = [train.texts[i] for i in rng.permutation(len(train))[:300]]
+    inputs = export_inputs_for(student_dir, max_length=max_length, buckets=buckets, calibration_texts=calib_texts)
+    plan = [(fmt, v) for fmt in targets for v in (config.variants.get(fmt) or get_exporter(fmt).variants())]
+    latency_texts = list(test.texts[: config.latency_texts])
+    candidates = []
+    for fmt, variant in tqdm(plan, desc="export", disable=None if config.progress else True):
+        art = get_exporter(fmt).export(inputs, variant, work / "artifacts" / fmt / variant)
+        shutil.copy(student_dir / "tokenizer.json", art.directory / "tokenizer.json")
+        Manifest(format=fmt, precision=art.precision, labels=labels, model_files=art.model_files,
+                 max_length=max_length, buckets=art.buckets).save(art.directory)
+        model = load_bundle_model(art.directory, threads=1)
+        try:
+            v_logits, t_logits = batched_logits(model, val.texts), batched_logits(model, test.texts)
+            speed = latency_ms(model, latency_texts)
+        finally:
+            model.close()
+        cal = calibrate(v_logits, y_val, teacher_val_pred, tolerance=config.cascade_tolerance / 100,
+                        max_cloud_rate=config.max_cloud_rate)
+        probs = softmax(t_logits, cal.temperature)
+        scores, pred = probs.max(-1), probs.argmax(-1)
+        cloud_rate, cascade = cascade_at(cal.threshold, scores, pred, teacher_test_pred, y_test)
+        c = Candidate(fmt, variant, art.precision, art.directory, art.model_files, art.buckets, art.details,
+                      _dir_size(art.directory, art.model_files), calibration=cal,
+                      risk_coverage=risk_coverage(scores, pred, teacher_test_pred, y_test))
+        c.metrics = {**classification_metrics(t_logits, y_test, teacher_pred=teacher_test_pred), **speed,
+                     "threshold": cal.threshold, "temperature": cal.temperature, "cloud_rate": cloud_rate,
+                     "cascade_accuracy": cascade, "ece_before": cal.ece_before, "ece_after": cal.ece_after}
+        echo(f"  {fmt}/{variant}: accuracy {c.metrics['accuracy']:.4f}, agreement {c.metrics['agreement']:.4f}, "
+             f"{c.size_bytes / 1e6:.1f} MB, {speed['latency_ms_p50']:.2f} ms/text; cascade {cascade:.4f} "
+             f"at {cloud_rate:.1%} cloud")
+        candidates.append(c)
+    return candidates
+
+
+def _select(candidates: list[Candidate], teacher_accuracy: float, config: ConvertConfig) -> list[str]:
+    """Mark what is written; return the gate failures (empty when everything needed passed)."""
+    failures = []
+    for c in candidates:
+        c.metrics["accuracy_drop_points"] = (teacher_accuracy - c.metrics["accuracy"]) * 100
+        c.metrics["passed_gate"] = c.metrics["accuracy_drop_points"] <= config.max_accuracy_drop + 1e-9
+        c.status, c.reason = "not-selected", ""
+        if not c.metrics["passed_gate"]:
+            c.status, c.reason = "rejected", f"{c.metrics['accuracy_drop_points']:.2f} points below the teacher"
+    for fmt in dict.fromkeys(c.format for c in candidates):
+        for precision in dict.fromkeys(c.precision for c in candidates if c.format == fmt):
+            group = [c for c in candidates if c.format == fmt and c.precision == precision]
+            passing = [c for c in group if c.metrics["passed_gate"]]
+            if passing:  # the fastest that passes; ties to the more accurate
+                best = min(passing, key=lambda c: (round(c.metrics["latency_ms_p50"], 2), -c.metrics["accuracy"]))
+            else:
+                best = max(group, key=lambda c: c.metrics["accuracy"])
+                failures.append(f"{fmt}-{precision} ({best.variant}: {best.reason})")
+                if not config.allow_accuracy_drop:
+                    continue
+                best.reason += " (written: --allow-accuracy-drop)"
+            best.status = "written"
+        fp32 = next((c for c in candidates if c.format == fmt and c.precision == "fp32" and c.status == "written"), None)
+        for c in candidates:
+            if fp32 and c.format == fmt and c.status == "written" and c is not fp32:
+                if c.metrics["latency_ms_p50"] > fp32.metrics["latency_ms_p50"]:
+                    c.reason = (f"slower than fp32 on this CPU ({c.metrics['latency_ms_p50']:.2f} vs "
+                                f"{fp32.metrics['latency_ms_p50']:.2f} ms); the fp32 bundle is kept too")
+    return failures
+
+
+def _row(c: Candidate) -> dict:
+    keep = ("accuracy", "macro_f1", "agreement", "threshold", "temperature", "cloud_rate", "cascade_accuracy",
+            "ece_before", "ece_after", "latency_ms_p50", "latency_ms_p90", "accuracy_drop_points")
+    return {"artifact": c.name if c.status == "written" else f"{c.format}-{c.variant}", "format": c.format,
+            "precision": c.precision, "variant": c.variant, "size_bytes": c.size_bytes,
+            **{k: c.metrics.get(k) for k in keep}, "status": c.status, "reason": c.reason}
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from edgekit.manifest import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def _write_bundle(c: Candidate, out: Path, labels, max_length, provenance, teacher_row) -> Path:
+    from edgekit.device import device_record, library_versions
+
+    final = out / c.name
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{c.name}-", dir=out))
+    try:
+        for name in [*c.model_files, "tokenizer.json"]:
+            shutil.copy2(c.directory / name, tmp / name)
+        metrics = {k: v for k, v in c.metrics.items() if isinstance(v, (int, float, bool)) and not
+                   (isinstance(v, float) and math.isnan(v))}
+        metrics.update(size_bytes=c.size_bytes, variant=c.variant, teacher_accuracy=teacher_row["accuracy"],
+                       teacher_size_bytes=teacher_row["size_bytes"], risk_coverage=c.risk_coverage)
+        manifest = Manifest(
+            format=c.format, precision=c.precision, labels=list(labels), model_files=c.model_files,
+            max_length=max_length, buckets=c.buckets,
+            name=f"{Path(provenance['teacher']).name}-{c.name}",
+            version=sha256_file(tmp / c.model_files[0])[:12],
+            calibration=Calibration(temperature=c.calibration.temperature, threshold=c.calibration.threshold),
+            metrics=metrics,
+            provenance={**provenance, "export": {"variant": c.variant, **c.details},
+                        "calibration_rule": c.calibration.rule, "libraries": library_versions()},
+            target=device_record(),
+        )
+        manifest.save(tmp)
+        manifest.verify(tmp)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{c.name}-", dir=out))
+            os.replace(final, old / c.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

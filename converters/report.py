@@ -1,0 +1,107 @@
+"""``report.json`` (one row per artifact and one for the teacher), ``report.md`` and two plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgekit.manifest import atomic_write_text
+
+__all__ = ["write_report"]
+
+
+def _fmt(value, kind: str = "f4") -> str:
+    if value is None:
+        return "–"
+    if kind == "pct":
+        return f"{value:.1%}"
+    if kind == "mb":
+        return f"{value / 1e6:.1f}"
+    if kind == "ms":
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def write_report(out: Path, rows: list[dict], candidates, teacher: dict, student: dict) -> None:
+    atomic_write_text(out / "report.json", json.dumps(rows, indent=2) + "\n")
+    lines = [
+        "# edgekit convert report",
+        "",
+        f"Teacher: test accuracy {teacher['accuracy']:.4f}, macro-F1 {teacher['macro_f1']:.4f}, "
+        f"{teacher['size_bytes'] / 1e6:.1f} MB.",
+        f"Student: {student['parameters'] / 1e6:.1f}M parameters from {student['source']}"
+        + (f" (teacher layers {student['teacher_layers']})" if student.get("teacher_layers") else "")
+        + f", validation accuracy {student['validation_accuracy']:.4f}.",
+    ]
+    pruning = student.get("vocab_pruning")
+    if pruning:
+        lines.append(
+            f"Vocabulary pruning: {pruning['tokens_before']} → {pruning['tokens_after']} tokens, "
+            f"{pruning['bytes_saved_fp32'] / 1e6:.1f} MB saved in fp32, agreement with the unpruned student "
+            f"{pruning['agreement_with_unpruned']:.4f} (validation)."
+        )
+    lines += [
+        "",
+        "Accuracy, macro-F1 and agreement with the teacher on the test split; latency is batch 1, one thread, "
+        "tokenization included, on the machine that ran the conversion. The threshold is chosen on validation; "
+        "cloud rate and cascade accuracy are on test.",
+        "",
+        "| artifact | variant | status | size MB | accuracy | macro-F1 | agreement | p50 ms | ECE before → after | threshold | cloud rate | cascade acc. | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        ece = f"{_fmt(r.get('ece_before'))} → {_fmt(r.get('ece_after'))}" if r.get("ece_before") is not None else "–"
+        lines.append(
+            f"| {r['artifact']} | {r['variant']} | {r['status']} | {_fmt(r['size_bytes'], 'mb')} | {_fmt(r['accuracy'])} | "
+            f"{_fmt(r['macro_f1'])} | {_fmt(r.get('agreement'))} | {_fmt(r.get('latency_ms_p50'), 'ms')} | {ece} | "
+            f"{_fmt(r.get('threshold'))} | {_fmt(r.get('cloud_rate'), 'pct')} | {_fmt(r.get('cascade_accuracy'))} | "
+            f"{r.get('reason', '')} |"
+        )
+    written = [c for c in candidates if c.status == "written"]
+    if written:
+        lines += ["", "## Risk-coverage (test split)", ""]
+        for c in written:
+            lines += [f"**{c.name}** ({c.variant})", "", "| coverage | threshold | edge acc. | cloud rate | cascade acc. |",
+                      "|---:|---:|---:|---:|---:|"]
+            lines += [f"| {p['coverage']:.1%} | {p['threshold']:.4f} | {p['edge_accuracy']:.4f} | {p['cloud_rate']:.1%} | "
+                      f"{p['cascade_accuracy']:.4f} |" for p in c.risk_coverage]
+            lines.append("")
+    lines += ["![accuracy against size](accuracy_vs_size.png)", "", "![cascade](cascade.png)", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    atomic_write_text(out / "risk_coverage.json", json.dumps({c.name: c.risk_coverage for c in written}, indent=2))
+    _plots(out, rows, written, teacher)
+
+
+def _plots(out: Path, rows: list[dict], written, teacher: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        marker = "*" if r["status"] == "teacher" else "o" if r["status"] == "written" else "x"
+        ax.scatter(r["size_bytes"] / 1e6, r["accuracy"], marker=marker, s=60)
+        ax.annotate(r["artifact"] if r["status"] != "teacher" else "teacher", (r["size_bytes"] / 1e6, r["accuracy"]),
+                    fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("size (MB, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy against size (o written, x rejected/not selected)")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_size.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c in written:
+        pts = sorted(c.risk_coverage, key=lambda p: p["cloud_rate"])
+        ax.plot([p["cloud_rate"] for p in pts], [p["cascade_accuracy"] for p in pts], marker=".", label=c.name)
+        ax.scatter([c.metrics["cloud_rate"]], [c.metrics["cascade_accuracy"]], marker="D", s=30)
+    ax.axhline(teacher["accuracy"], linestyle="--", color="grey", label="teacher")
+    ax.set_xlabel("cloud rate (share of queries sent to the teacher)")
+    ax.set_ylabel("cascade accuracy (test)")
+    ax.set_title("edge + cloud cascade (diamond: chosen threshold)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "cascade.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,76 @@
+"""``edgekit convert``: distil, quantize, export, gate and calibrate; write bundles and a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgekit.cli._options import data_field_options
+
+_P = click.Path(path_type=Path)
+
+
+def _variants(values: tuple[str, ...]) -> dict[str, list[str]] | None:
+    from edgekit.errors import ConfigError
+
+    out: dict[str, list[str]] = {}
+    for value in values:
+        fmt, sep, variant = value.partition(":")
+        if not sep or not variant:
+            raise ConfigError(f"--variant takes FORMAT:VARIANT (e.g. onnx:int8-dynamic), got {value!r}")
+        out.setdefault(fmt.strip(), []).append(variant.strip())
+    return out or None
+
+
+@click.command("convert")
+@click.argument("model_dir", required=False, type=_P)
+@click.option("--train", type=_P, help="Training data (the transfer set for distillation).")
+@click.option("--validation", type=_P, help="Validation data (early stopping, calibration, threshold).")
+@click.option("--test", type=_P, help="Held-out test data (the accuracy gate and the report).")
+@click.option("--targets", help="Comma-separated formats: onnx,openvino,tflite (default: all).")
+@click.option("--out", type=_P, help="Output directory for the bundles and the report.")
+@click.option("--config", "config_file", type=_P, help="YAML file with any of these options (the command line wins).")
+@click.option("--variant", "variants", multiple=True, help="Only try FORMAT:VARIANT (repeatable), e.g. onnx:int8-dynamic.")
+@click.option("--unlabeled", type=_P, help="Extra unlabelled texts for the transfer set.")
+@click.option("--student", type=_P, help="A smaller pretrained encoder directory as the student (default: teacher layers).")
+@click.option("--student-layers", type=click.IntRange(1), help="Teacher layers the student keeps (default: half).")
+@click.option("--prune-vocab/--no-prune-vocab", default=None, help="Prune the vocabulary to the domain corpus (default on).")
+@click.option("--augment/--no-augment", default=None, help="Add perturbed copies of the training texts (default on).")
+@click.option("--epochs", type=click.IntRange(1), help="Distillation epochs (default 8, early stopping).")
+@click.option("--batch-size", type=click.IntRange(1))
+@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True))
+@click.option("--max-length", type=click.IntRange(8, 512), help="Max tokens (default: from the data).")
+@click.option("--buckets", help="Comma-separated TFLite sequence lengths (default: from the data).")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Allowed drop below the teacher, in points (default 1.0).")
+@click.option("--allow-accuracy-drop", is_flag=True, default=None, help="Write artifacts that fail the gate anyway.")
+@click.option("--max-cloud-rate", type=click.FloatRange(0, 1), help="Threshold rule: best cascade within this cloud rate.")
+@click.option("--seed", type=int)
+@data_field_options
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def command(model_dir, config_file, variants, no_progress, text_field, label_field, **options) -> None:
+    """Convert the fine-tuned MODEL_DIR into gated, calibrated edge bundles."""
+    from edgekit.config import ConvertConfig
+
+    overrides = {k: v for k, v in options.items() if v is not None}
+    overrides.update(model_dir=model_dir, variants=_variants(variants))
+    if text_field != "text":
+        overrides["text_field"] = text_field
+    if label_field != "label":
+        overrides["label_field"] = label_field
+    if no_progress:
+        overrides["progress"] = False
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is not None:
+        config = ConvertConfig.from_yaml(config_file, overrides)
+    else:
+        config = ConvertConfig.from_mapping(overrides, source="command line")
+
+    from edgekit.converters import quiet_third_party
+
+    quiet_third_party()
+    from edgekit.converters.pipeline import convert
+
+    result = convert(config, echo=click.echo)
+    click.echo(f"wrote {len(result.bundles)} bundle(s) to {result.out}: "
+               + ", ".join(p.name for p in result.bundles) + "; report: " + str(result.out / "report.md"))

@@ -1,0 +1,112 @@
+"""Typed configuration of ``edgekit convert``, loadable from YAML (``--config``).
+
+Every CLI option has a field here of the same name (dashes → underscores); options given on
+the command line override the file. Unknown keys and bad values are refused, never guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import ConfigError
+
+__all__ = ["ConvertConfig", "DEFAULT_TARGETS"]
+
+DEFAULT_TARGETS = ("onnx", "openvino", "tflite")
+_PATHS = ("model_dir", "train", "validation", "test", "out", "unlabeled", "student")
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    model_dir: Path
+    train: Path
+    validation: Path
+    test: Path
+    out: Path
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    # variants to try per format, e.g. {"onnx": ["fp32", "int8-dynamic"]}; absent = all
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    unlabeled: Path | None = None
+    student: Path | None = None  # a smaller pretrained encoder; None = keep teacher layers
+    student_layers: int | None = None
+    prune_vocab: bool = True
+    augment: bool = True
+    epochs: int = 8
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    distill_temperature: float = 2.0
+    alpha: float = 0.7
+    hidden_weight: float = 0.5
+    max_length: int | None = None  # None: the data's 99th-percentile token length (<= 128)
+    buckets: tuple[int, ...] | None = None  # TFLite lengths; None: chosen from the data
+    max_accuracy_drop: float = 1.0  # points
+    allow_accuracy_drop: bool = False
+    max_cloud_rate: float | None = None
+    cascade_tolerance: float = 0.2  # points, for the default threshold rule
+    latency_texts: int = 40
+    seed: int = 0
+    text_field: str = "text"
+    label_field: str = "label"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ConfigError("give at least one target")
+        if self.max_accuracy_drop < 0:
+            raise ConfigError("--max-accuracy-drop must be >= 0")
+        if self.max_cloud_rate is not None and not 0 <= self.max_cloud_rate <= 1:
+            raise ConfigError("--max-cloud-rate must lie in [0, 1]")
+        if self.max_length is not None and not 8 <= self.max_length <= 512:
+            raise ConfigError("--max-length must lie in [8, 512]")
+        if self.buckets is not None and (not self.buckets or min(self.buckets) < 4):
+            raise ConfigError("--buckets must be lengths of at least 4")
+        if self.student_layers is not None and self.student_layers < 1:
+            raise ConfigError("--student-layers must be >= 1")
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> ConvertConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
+        values = dict(data)
+        for key in _PATHS:
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        for key in ("targets", "buckets"):
+            if isinstance(values.get(key), str):
+                values[key] = tuple(v.strip() for v in values[key].split(",") if v.strip())
+            if values.get(key) is not None:
+                values[key] = tuple(int(v) for v in values[key]) if key == "buckets" else tuple(values[key])
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING and values.get(f.name) is None]
+        if missing:
+            raise ConfigError(f"{source}: missing required option(s) {', '.join(missing)}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: Path, overrides: dict[str, Any]) -> ConvertConfig:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of option: value")
+        data = {k.replace("-", "_"): v for k, v in data.items()}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(data, source=str(path))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        data = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+        return yaml.safe_dump(data, sort_keys=False)

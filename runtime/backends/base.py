@@ -1,0 +1,40 @@
+"""The Backend protocol: one small class per inference engine, all of the same shape.
+
+A backend loads a bundle's model file(s) and maps (input_ids, attention_mask) int64 arrays to
+float32 logits. It knows nothing of text, labels or calibration: :mod:`edgekit.runtime.model`
+puts the tokenizer and the manifest around it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgekit.manifest import Manifest
+from edgekit.registry import Registry
+
+__all__ = ["BACKENDS", "Backend", "BackendFactory"]
+
+
+class Backend(Protocol):
+    name: str
+    # Sequence lengths the model accepts, for formats with static shapes (TFLite); () = any.
+    buckets: tuple[int, ...]
+    # Largest batch one call accepts; 0 = any.
+    max_batch: int
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(batch, length) int64 arrays → (batch, num_labels) float32 logits."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BackendFactory(Protocol):
+    def __call__(self, bundle_dir: Path, manifest: Manifest, *, threads: int | None = None) -> Backend: ...
+
+
+# backend name -> factory; also keyed by the formats each can run (see edgekit.runtime.model)
+BACKENDS: Registry[BackendFactory] = Registry("backend")

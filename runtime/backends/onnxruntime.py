@@ -1,0 +1,45 @@
+"""ONNX Runtime backend (CPU execution provider)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import ManifestError, MissingDependencyError
+from edgekit.manifest import Manifest
+
+__all__ = ["OnnxRuntimeBackend", "load"]
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    buckets: tuple[int, ...] = ()
+    max_batch = 0
+
+    def __init__(self, model_path: Path, *, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise MissingDependencyError("onnxruntime", "runtime", what="the onnxruntime backend") from exc
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ManifestError(f"{model_path}: onnxruntime cannot load the model ({exc})") from exc
+        self._names = {i.name for i in self._session.get_inputs()}
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self._session.run(None, {k: v for k, v in feed.items() if k in self._names})[0]
+
+    def close(self) -> None:
+        self._session = None
+
+
+def load(bundle_dir: Path, manifest: Manifest, *, threads: int | None = None) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(Path(bundle_dir) / manifest.model_files[0], threads=threads)

@@ -1,0 +1,90 @@
+"""A bundle loaded for inference: checksums verified, tokenizer + backend + manifest together.
+
+:class:`BundleModel` implements :class:`edgekit.runtime.types.LogitModel`, the thing the cascade
+and the servers serve. For static-shape formats it runs the smallest length bucket that fits
+the batch's longest text instead of always padding to the longest bucket.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import ManifestError
+from edgekit.manifest import Manifest
+from edgekit.runtime.backends import load_backend, resolve_backend
+from edgekit.runtime.tokenize import TextTokenizer
+from edgekit.runtime.types import ModelInfo
+
+__all__ = ["BundleModel", "load_bundle_model"]
+
+
+class BundleModel:
+    def __init__(self, bundle_dir: Path, manifest: Manifest, backend: str = "auto", *, threads: int | None = None) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = manifest
+        self.backend_name = resolve_backend(manifest, backend)
+        self.tokenizer = TextTokenizer(self.bundle_dir / manifest.tokenizer_file, manifest.max_length)
+        self.backend = load_backend(self.bundle_dir, manifest, self.backend_name, threads=threads)
+        self._lock = threading.Lock()  # not every engine's session is safe to call concurrently
+        self._info = ModelInfo(
+            name=manifest.name,
+            version=manifest.version,
+            format=manifest.format,
+            precision=manifest.precision,
+            backend=self.backend_name,
+            labels=tuple(manifest.labels),
+            max_length=manifest.max_length,
+            temperature=manifest.calibration.temperature,
+            threshold=manifest.calibration.threshold,
+            summary=manifest.summary(),
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def _pad_length(self, texts: Sequence[str]) -> int | None:
+        buckets = self.backend.buckets
+        if not buckets:
+            return None
+        longest = max(self.tokenizer.lengths(texts), default=1)
+        for bucket in sorted(buckets):
+            if bucket >= longest:
+                return bucket
+        return max(buckets)  # longer texts are truncated to the largest bucket
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, len(self.manifest.labels)), np.float32)
+        step = self.backend.max_batch or len(texts)
+        out = []
+        with self._lock:
+            for start in range(0, len(texts), step):
+                chunk = texts[start : start + step]
+                ids, mask = self.tokenizer.encode(chunk, pad_to=self._pad_length(chunk))
+                out.append(np.asarray(self.backend.run(ids, mask), dtype=np.float32))
+        logits = np.concatenate(out)
+        if logits.shape != (len(texts), len(self.manifest.labels)):
+            raise ManifestError(
+                f"{self.bundle_dir}: the model returned logits of shape {logits.shape}, "
+                f"expected ({len(texts)}, {len(self.manifest.labels)}): labels and model do not match"
+            )
+        return logits
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def load_bundle_model(
+    bundle_dir: str | Path, backend: str = "auto", threads: int | None = None, *, verify: bool = True
+) -> BundleModel:
+    """Load a bundle; ``verify`` checks every file's sha256 against the manifest first."""
+    bundle_dir = Path(bundle_dir)
+    manifest = Manifest.load(bundle_dir)
+    if verify:
+        manifest.verify(bundle_dir)
+    return BundleModel(bundle_dir, manifest, backend, threads=threads)

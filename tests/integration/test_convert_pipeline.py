@@ -1,0 +1,121 @@
+"""edgekit convert end to end on a tiny teacher built in code (ONNX; other formats have their own tests)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import needs
+
+pytestmark = needs("torch", "transformers", "onnxruntime", "onnx")
+
+
+def _config(tiny_classifier, small_splits, out, **kw):
+    from edgekit.config import ConvertConfig
+
+    base = dict(model_dir=tiny_classifier, train=small_splits["train"], validation=small_splits["validation"],
+                test=small_splits["test"], out=out, targets=("onnx",),
+                variants={"onnx": ["fp32", "int8-dynamic"]}, epochs=4, learning_rate=3e-3, batch_size=16,
+                student_layers=1, latency_texts=5, progress=False, max_accuracy_drop=100.0)
+    base.update(kw)
+    return ConvertConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, tiny_classifier, small_splits):
+    from edgekit.converters.pipeline import convert
+
+    out = tmp_path_factory.mktemp("bundles")
+    result = convert(_config(tiny_classifier, small_splits, out), echo=lambda s: None)
+    return result
+
+
+def test_bundles_report_and_manifest(converted):
+    out = converted.out
+    assert sorted(p.name for p in converted.bundles) == ["onnx-fp32", "onnx-int8"]
+    rows = json.loads((out / "report.json").read_text())
+    assert rows[0]["artifact"] == "teacher"
+    for row in rows:
+        for key in ("artifact", "format", "precision", "size_bytes", "accuracy", "macro_f1", "threshold",
+                    "cloud_rate", "cascade_accuracy"):
+            assert key in row, key
+    assert (out / "report.md").is_file() and (out / "accuracy_vs_size.png").is_file() and (out / "cascade.png").is_file()
+    assert (out / "convert-config.yaml").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+    from edgekit.manifest import Manifest
+
+    m = Manifest.load(out / "onnx-int8")
+    m.verify(out / "onnx-int8")
+    assert m.format == "onnx" and m.precision == "int8" and m.labels
+    assert 0 <= m.calibration.threshold <= 1 and m.calibration.temperature > 0
+    assert m.provenance["data"]["test"] and m.provenance["libraries"]["onnxruntime"]
+    assert m.target["arch"]
+
+
+def test_runtime_matches_the_converters_evaluation(converted, small_splits):
+    """Loading a written bundle with the runtime gives the accuracy the report recorded."""
+    from edgekit.data import load_dataset
+    from edgekit.manifest import Manifest
+    from edgekit.runtime.model import load_bundle_model
+
+    test = load_dataset(small_splits["test"])
+    for bundle in converted.bundles:
+        model = load_bundle_model(bundle)
+        pred = model.logits(list(test.texts)).argmax(-1)
+        labels = list(model.info.labels)
+        acc = float(np.mean([labels[p] == y for p, y in zip(pred, test.labels)]))
+        assert acc == pytest.approx(Manifest.load(bundle).metrics["accuracy"], abs=1e-9)
+
+
+def test_tokenizer_parity(converted, small_splits):
+    """The bundle's tokenizer.json (runtime, tokenizers package) = the student's Python tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    from edgekit.data import load_dataset
+    from edgekit.runtime.tokenize import TextTokenizer
+
+    texts = list(load_dataset(small_splits["test"]).texts)
+    bundle = converted.bundles[0]
+    runtime_tok = TextTokenizer(bundle / "tokenizer.json", 32)
+    py_tok = PreTrainedTokenizerFast(tokenizer_file=str(bundle / "tokenizer.json"))
+    for text in texts:
+        ids, mask = runtime_tok.encode([text])
+        expected = py_tok(text, truncation=True, max_length=32)["input_ids"]
+        assert ids[0][: int(mask.sum())].tolist() == expected
+
+
+def test_failure_mid_export_leaves_no_bundle(tmp_path, tiny_classifier, small_splits, monkeypatch):
+    from edgekit.converters.exporters.onnx import OnnxExporter
+    from edgekit.converters.pipeline import convert
+    from edgekit.errors import ConversionError
+
+    real = OnnxExporter.export
+
+    def flaky(self, inputs, variant, out_dir):
+        if variant == "int8-dynamic":
+            raise ConversionError("simulated failure mid-export")
+        return real(self, inputs, variant, out_dir)
+
+    monkeypatch.setattr(OnnxExporter, "export", flaky)
+    out = tmp_path / "bundles"
+    with pytest.raises(ConversionError, match="simulated"):
+        convert(_config(tiny_classifier, small_splits, out, epochs=1), echo=lambda s: None)
+    assert list(out.iterdir()) == []
+
+
+def test_accuracy_gate_fails_the_command(tmp_path, tiny_classifier, small_splits):
+    from edgekit.converters.pipeline import convert
+    from edgekit.errors import AccuracyGateError
+
+    out = tmp_path / "bundles"
+    # a 1-epoch, 1-layer student at a tiny learning rate cannot match the teacher within 0 points
+    cfg = _config(tiny_classifier, small_splits, out, epochs=1, learning_rate=1e-6, max_accuracy_drop=0.0,
+                  variants={"onnx": ["int8-dynamic"]})
+    with pytest.raises(AccuracyGateError, match="onnx-int8"):
+        convert(cfg, echo=lambda s: None)
+    assert not (out / "onnx-int8").exists()
+    rows = json.loads((out / "report.json").read_text())
+    assert rows[1]["status"] == "rejected"
