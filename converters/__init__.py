@@ -22,3 +22,9 @@ def quiet_third_party() -> None:
 
     for name in ("torch.utils._pytree", "torchao", "torchao.kernel.intmm"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:  # nncf prints its own progress bars and statistics tables to stdout unless told not to
+        import nncf
+
+        nncf.set_log_level(logging.WARNING)
+    except ImportError:
+        pass

@@ -216,11 +216,13 @@ def _export_all(config, targets, student_dir, train, val, test, labels, max_leng
     rng = np.random.default_rng(config.seed)
     calib_texts = [train.texts[i] for i in rng.permutation(len(train))[:300]]
     inputs = export_inputs_for(student_dir, max_length=max_length, buckets=buckets, calibration_texts=calib_texts)
-    plan = [(fmt, v) for fmt in targets for v in (config.variants.get(fmt) or get_exporter(fmt).variants())]
+    # one exporter per format: the TFLite one converts fp32 once and quantizes every variant from it
+    exporters = {fmt: get_exporter(fmt) for fmt in targets}
+    plan = [(fmt, v) for fmt in targets for v in (config.variants.get(fmt) or exporters[fmt].variants())]
     latency_texts = list(test.texts[: config.latency_texts])
     candidates = []
     for fmt, variant in tqdm(plan, desc="export", disable=None if config.progress else True):
-        art = get_exporter(fmt).export(inputs, variant, work / "artifacts" / fmt / variant)
+        art = exporters[fmt].export(inputs, variant, work / "artifacts" / fmt / variant)
         shutil.copy(student_dir / "tokenizer.json", art.directory / "tokenizer.json")
         Manifest(format=fmt, precision=art.precision, labels=labels, model_files=art.model_files,
                  max_length=max_length, buckets=art.buckets).save(art.directory)
