@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import needs
 
-pytestmark = needs("torch", "transformers", "onnxruntime", "onnx")
+pytestmark = needs("torch", "transformers", "onnxruntime", "onnx", "openvino", "nncf", "litert_torch", "ai_edge_litert")
+ALL_FORMATS = {"targets": ("onnx", "openvino", "tflite"),
+               "variants": {"onnx": ["fp32", "int8-dynamic"], "openvino": ["int8-weights"], "tflite": ["int8-dynamic"]}}
 
 
 def _config(tiny_classifier, small_splits, out, **kw):
@@ -28,13 +33,31 @@ def converted(tmp_path_factory, tiny_classifier, small_splits):
     from edgekit.converters.pipeline import convert
 
     out = tmp_path_factory.mktemp("bundles")
-    result = convert(_config(tiny_classifier, small_splits, out), echo=lambda s: None)
+    result = convert(_config(tiny_classifier, small_splits, out, **ALL_FORMATS), echo=lambda s: None)
+    keep = os.environ.get("EDGEKIT_KEEP_BUNDLES")
+    if keep:  # .ci/run serves these again from a runtime-only install (no torch) and compares labels
+        _keep_for_runtime_check(result, small_splits, Path(keep))
     return result
+
+
+def _keep_for_runtime_check(result, small_splits, dest: Path) -> None:
+    from edgekit.data import load_dataset
+    from edgekit.runtime.model import load_bundle_model
+
+    dest.mkdir(parents=True, exist_ok=True)
+    texts = list(load_dataset(small_splits["test"]).texts)
+    expected = {}
+    for bundle in result.bundles:
+        shutil.copytree(bundle, dest / bundle.name, dirs_exist_ok=True)
+        model = load_bundle_model(bundle)
+        expected[bundle.name] = [model.info.labels[i] for i in model.logits(texts).argmax(-1)]
+        model.close()
+    (dest / "expected.json").write_text(json.dumps({"texts": texts, "labels": expected}))
 
 
 def test_bundles_report_and_manifest(converted):
     out = converted.out
-    assert sorted(p.name for p in converted.bundles) == ["onnx-fp32", "onnx-int8"]
+    assert sorted(p.name for p in converted.bundles) == ["onnx-fp32", "onnx-int8", "openvino-int8", "tflite-int8"]
     rows = json.loads((out / "report.json").read_text())
     assert rows[0]["artifact"] == "teacher"
     for row in rows:
@@ -47,6 +70,8 @@ def test_bundles_report_and_manifest(converted):
 
     from edgekit.manifest import Manifest
 
+    tfl = Manifest.load(out / "tflite-int8")
+    assert tfl.buckets == sorted(tfl.buckets) and tfl.buckets[0] == 16 and tfl.buckets[-1] == tfl.max_length
     m = Manifest.load(out / "onnx-int8")
     m.verify(out / "onnx-int8")
     assert m.format == "onnx" and m.precision == "int8" and m.labels
@@ -119,3 +144,30 @@ def test_accuracy_gate_fails_the_command(tmp_path, tiny_classifier, small_splits
     assert not (out / "onnx-int8").exists()
     rows = json.loads((out / "report.json").read_text())
     assert rows[1]["status"] == "rejected"
+
+
+def test_every_backend_serves_its_bundle_over_grpc(converted, small_splits):
+    """edgekit serve's server on each bundle gives the labels the converter evaluated (same accuracy)."""
+    from edgekit.data import load_dataset
+    from edgekit.manifest import Manifest
+    from edgekit.runtime.client import EdgeClient
+    from edgekit.runtime.model import load_bundle_model
+    from edgekit.runtime.server import build_server
+
+    test = load_dataset(small_splits["test"])
+    texts = list(test.texts)
+    for bundle in converted.bundles:
+        local = load_bundle_model(bundle)
+        expected = [local.info.labels[i] for i in local.logits(texts).argmax(-1)]
+        local.close()
+        server = build_server(load_bundle_model(bundle))
+        try:
+            with EdgeClient(server.address, timeout_s=60) as client:
+                got = []
+                for start in range(0, len(texts), 32):
+                    got += [p.label for p in client.classify(texts[start:start + 32], allow_cloud=False)]
+        finally:
+            server.stop(0)
+        assert got == expected, bundle.name
+        acc = float(np.mean([g == y for g, y in zip(got, test.labels)]))
+        assert acc == pytest.approx(Manifest.load(bundle).metrics["accuracy"], abs=1e-9), bundle.name
