@@ -13,7 +13,7 @@ def command(out: Path) -> None:
     """Run the whole pipeline on the embedded shop_intents data set (the cloud model is cached)."""
     from edgekit.cli._deps import require
 
-    require("torch", "transformers", "accelerate", extra="convert", what="edgekit demo")
+    require("torch", "transformers", "accelerate", "onnxruntime", "grpc", extra="all", what="edgekit demo")
     from edgekit.converters import quiet_third_party
 
     quiet_third_party()
