@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekit.errors import DataError
-from edgekit.metrics import expected_calibration_error, softmax
+from edgekit.metrics import cascade_at, expected_calibration_error, risk_coverage, softmax
 
-__all__ = ["Calibrated", "calibrate", "cascade_at", "fit_temperature", "risk_coverage"]
+__all__ = ["Calibrated", "calibrate", "cascade_at", "fit_temperature", "risk_coverage"]  # the last two live in edgekit.metrics
 
 MIN_VALIDATION = 20  # fewer texts cannot place a threshold meaningfully
 
@@ -39,37 +39,9 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip(log_t.exp().item(), 0.05, 20.0))
 
 
-def cascade_at(threshold: float, scores: np.ndarray, edge_pred: np.ndarray, cloud_pred: np.ndarray, y: np.ndarray):
-    """(cloud_rate, cascade_accuracy): the edge answers where score >= threshold, the cloud elsewhere."""
-    to_cloud = scores < threshold
-    answer = np.where(to_cloud, cloud_pred, edge_pred)
-    return float(to_cloud.mean()), float((answer == y).mean())
-
-
 def _candidates(scores: np.ndarray) -> np.ndarray:
     # 0 (never ask) plus every distinct score: thresholds between them change nothing.
     return np.unique(np.concatenate([[0.0], scores]))
-
-
-def risk_coverage(scores, edge_pred, cloud_pred, y, points=(1.0, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)):
-    """Rows (coverage, threshold, edge accuracy on what it answers, cloud rate, cascade accuracy)."""
-    rows = []
-    order = np.sort(scores)[::-1]
-    for coverage in points:
-        k = max(1, int(round(coverage * len(scores))))
-        threshold = float(order[k - 1]) if coverage < 1.0 else 0.0
-        answered = scores >= threshold
-        cloud_rate, cascade = cascade_at(threshold, scores, edge_pred, cloud_pred, y)
-        rows.append(
-            {
-                "coverage": float(answered.mean()),
-                "threshold": threshold,
-                "edge_accuracy": float((edge_pred[answered] == y[answered]).mean()) if answered.any() else 0.0,
-                "cloud_rate": cloud_rate,
-                "cascade_accuracy": cascade,
-            }
-        )
-    return rows
 
 
 @dataclass

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistillConfig:
-    student: str | Path | None = None  # a pretrained encoder directory; None = from the teacher's layers
-    layers: int | None = None  # with student=None: teacher layers to keep (default: half)
+    student: str | Path | None = None  # a pretrained encoder (directory or packaged name); None = the teacher's layers
+    layers: int | None = None  # layers to keep: of the teacher (default: half) or of the given student (default: all)
     epochs: int = 8
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -169,8 +169,12 @@ def distill(
         student, kept = student_from_teacher(teacher, config.layers)
         tokenizer = teacher_tokenizer
     else:
-        student, tokenizer = _student_from_path(Path(config.student), labels)
+        from edgekit.converters.pretrained import resolve_base
+
+        student, tokenizer = _student_from_path(resolve_base(str(config.student)), labels)
         kept = None
+        if config.layers is not None:
+            student, kept = student_from_teacher(student, config.layers)
     label2id = {label: i for i, label in enumerate(labels)}
 
     rng = random.Random(config.seed)

@@ -10,7 +10,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["accuracy", "agreement", "classification_metrics", "expected_calibration_error", "macro_f1", "softmax"]
+__all__ = [
+    "accuracy",
+    "agreement",
+    "cascade_at",
+    "classification_metrics",
+    "expected_calibration_error",
+    "macro_f1",
+    "risk_coverage",
+    "softmax",
+]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -69,3 +78,31 @@ def classification_metrics(
     if teacher_pred is not None:
         out["agreement"] = agreement(teacher_pred, pred)
     return out
+
+
+def cascade_at(threshold: float, scores: np.ndarray, edge_pred: np.ndarray, cloud_pred: np.ndarray, y: np.ndarray):
+    """(cloud_rate, cascade_accuracy): the edge answers where score >= threshold, the cloud elsewhere."""
+    to_cloud = scores < threshold
+    answer = np.where(to_cloud, cloud_pred, edge_pred)
+    return float(to_cloud.mean()), float((answer == y).mean())
+
+
+def risk_coverage(scores, edge_pred, cloud_pred, y, points=(1.0, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)):
+    """Rows (coverage, threshold, edge accuracy on what it answers, cloud rate, cascade accuracy)."""
+    rows = []
+    order = np.sort(scores)[::-1]
+    for coverage in points:
+        k = max(1, int(round(coverage * len(scores))))
+        threshold = float(order[k - 1]) if coverage < 1.0 else 0.0
+        answered = scores >= threshold
+        cloud_rate, cascade = cascade_at(threshold, scores, edge_pred, cloud_pred, y)
+        rows.append(
+            {
+                "coverage": float(answered.mean()),
+                "threshold": threshold,
+                "edge_accuracy": float((edge_pred[answered] == y[answered]).mean()) if answered.any() else 0.0,
+                "cloud_rate": cloud_rate,
+                "cascade_accuracy": cascade,
+            }
+        )
+    return rows

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,49 @@ def tiny_export_inputs(tiny_classifier, small_splits):
 
     texts = load_dataset(small_splits["train"]).texts
     return export_inputs_for(tiny_classifier, max_length=32, buckets=(16, 32), calibration_texts=texts[:64])
+
+
+ALL_FORMATS = {"targets": ("onnx", "openvino", "tflite"),
+               "variants": {"onnx": ["fp32", "int8-dynamic"], "openvino": ["int8-weights"], "tflite": ["int8-dynamic"]}}
+
+
+def convert_config(tiny_classifier, small_splits, out, **kw):
+    from edgekit.config import ConvertConfig
+
+    base = dict(model_dir=tiny_classifier, train=small_splits["train"], validation=small_splits["validation"],
+                test=small_splits["test"], out=out, targets=("onnx",),
+                variants={"onnx": ["fp32", "int8-dynamic"]}, epochs=4, learning_rate=3e-3, batch_size=16,
+                student_layers=1, latency_texts=5, progress=False, max_accuracy_drop=100.0)
+    base.update(kw)
+    return ConvertConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, tiny_classifier, small_splits):
+    """The tiny classifier converted to ONNX (fp32, int8), OpenVINO int8 and TFLite int8, once per session."""
+    from edgekit.converters.pipeline import convert
+
+    out = tmp_path_factory.mktemp("bundles")
+    result = convert(convert_config(tiny_classifier, small_splits, out, **ALL_FORMATS), echo=lambda s: None)
+    keep = os.environ.get("EDGEKIT_KEEP_BUNDLES")
+    if keep:  # .ci/run serves these again from a runtime-only install (no torch) and compares labels
+        _keep_for_runtime_check(result, small_splits, Path(keep))
+    return result
+
+
+def _keep_for_runtime_check(result, small_splits, dest: Path) -> None:
+    from edgekit.data import load_dataset
+    from edgekit.runtime.model import load_bundle_model
+
+    dest.mkdir(parents=True, exist_ok=True)
+    texts = list(load_dataset(small_splits["test"]).texts)
+    expected = {}
+    for bundle in result.bundles:
+        shutil.copytree(bundle, dest / bundle.name, dirs_exist_ok=True)
+        model = load_bundle_model(bundle)
+        expected[bundle.name] = [model.info.labels[i] for i in model.logits(texts).argmax(-1)]
+        model.close()
+    (dest / "expected.json").write_text(json.dumps({"texts": texts, "labels": expected}))
 
 
 def torch_logits(inputs, texts, pad_to=None):

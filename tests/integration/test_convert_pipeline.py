@@ -3,56 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import needs
+from tests.conftest import convert_config, needs
 
 pytestmark = needs("torch", "transformers", "onnxruntime", "onnx", "openvino", "nncf", "litert_torch", "ai_edge_litert")
-ALL_FORMATS = {"targets": ("onnx", "openvino", "tflite"),
-               "variants": {"onnx": ["fp32", "int8-dynamic"], "openvino": ["int8-weights"], "tflite": ["int8-dynamic"]}}
-
-
-def _config(tiny_classifier, small_splits, out, **kw):
-    from edgekit.config import ConvertConfig
-
-    base = dict(model_dir=tiny_classifier, train=small_splits["train"], validation=small_splits["validation"],
-                test=small_splits["test"], out=out, targets=("onnx",),
-                variants={"onnx": ["fp32", "int8-dynamic"]}, epochs=4, learning_rate=3e-3, batch_size=16,
-                student_layers=1, latency_texts=5, progress=False, max_accuracy_drop=100.0)
-    base.update(kw)
-    return ConvertConfig(**base)
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory, tiny_classifier, small_splits):
-    from edgekit.converters.pipeline import convert
-
-    out = tmp_path_factory.mktemp("bundles")
-    result = convert(_config(tiny_classifier, small_splits, out, **ALL_FORMATS), echo=lambda s: None)
-    keep = os.environ.get("EDGEKIT_KEEP_BUNDLES")
-    if keep:  # .ci/run serves these again from a runtime-only install (no torch) and compares labels
-        _keep_for_runtime_check(result, small_splits, Path(keep))
-    return result
-
-
-def _keep_for_runtime_check(result, small_splits, dest: Path) -> None:
-    from edgekit.data import load_dataset
-    from edgekit.runtime.model import load_bundle_model
-
-    dest.mkdir(parents=True, exist_ok=True)
-    texts = list(load_dataset(small_splits["test"]).texts)
-    expected = {}
-    for bundle in result.bundles:
-        shutil.copytree(bundle, dest / bundle.name, dirs_exist_ok=True)
-        model = load_bundle_model(bundle)
-        expected[bundle.name] = [model.info.labels[i] for i in model.logits(texts).argmax(-1)]
-        model.close()
-    (dest / "expected.json").write_text(json.dumps({"texts": texts, "labels": expected}))
+# the session fixture `converted` (tests/conftest.py) converts the tiny classifier to all formats once
+_config = convert_config
 
 
 def test_bundles_report_and_manifest(converted):
@@ -144,6 +104,20 @@ def test_accuracy_gate_fails_the_command(tmp_path, tiny_classifier, small_splits
     assert not (out / "onnx-int8").exists()
     rows = json.loads((out / "report.json").read_text())
     assert rows[1]["status"] == "rejected"
+
+
+def test_allow_accuracy_drop_writes_the_bundle_with_a_warning(tmp_path, tiny_classifier, small_splits):
+    from edgekit.converters.pipeline import convert
+    from edgekit.manifest import Manifest
+
+    out = tmp_path / "bundles"
+    said = []
+    cfg = _config(tiny_classifier, small_splits, out, epochs=1, learning_rate=1e-6, max_accuracy_drop=0.0,
+                  variants={"onnx": ["int8-dynamic"]}, allow_accuracy_drop=True)
+    result = convert(cfg, echo=said.append)
+    assert [p.name for p in result.bundles] == ["onnx-int8"]
+    Manifest.load(out / "onnx-int8").verify(out / "onnx-int8")
+    assert any("below the accuracy gate" in line and "onnx-int8" in line for line in said)
 
 
 def test_every_backend_serves_its_bundle_over_grpc(converted, small_splits):

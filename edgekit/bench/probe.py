@@ -1,0 +1,95 @@
+"""Cold start and peak memory of one artifact, measured in a fresh process.
+
+``python -m edgekit.bench.probe KIND PATH TEXT [--threads N] [--max-length L]`` prints one JSON
+line: ``import_ms`` (the engine's libraries), ``load_ms``, ``first_ms`` (first answer),
+``cold_start_ms`` (all three: what a kiosk waits after boot) and ``peak_rss_mb``
+(the process's high-water mark, interpreter and libraries included: what the device must hold).
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+__all__ = ["probe"]
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM is this address space's high-water mark. ru_maxrss is not usable on Linux here: it
+    # survives execve, so a child forked from a big parent reports the parent's size.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kib / 1024 if sys.platform != "darwin" else kib / 2**20
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m edgekit.bench.probe")
+    parser.add_argument("kind", choices=["edgekit", "optimum-baseline", "teacher"])
+    parser.add_argument("path", type=Path)
+    parser.add_argument("text")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=128)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    if args.kind == "teacher":
+        import torch
+
+        from edgekit.converters.torch_model import TorchModel
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        imported = time.perf_counter()
+        model = TorchModel(args.path, max_length=args.max_length)
+    else:
+        from edgekit.runtime.model import load_bundle_model
+
+        imported = time.perf_counter()
+        model = load_bundle_model(args.path, threads=args.threads)
+    loaded = time.perf_counter()
+    model.logits([args.text])
+    done = time.perf_counter()
+    print(json.dumps({
+        "import_ms": (imported - start) * 1000,
+        "load_ms": (loaded - imported) * 1000,
+        "first_ms": (done - loaded) * 1000,
+        "cold_start_ms": (done - _T0) * 1000,
+        "peak_rss_mb": _peak_rss_mb(),
+    }))
+
+
+def probe(kind: str, path: Path, text: str, *, threads: int | None = None, max_length: int = 128,
+          timeout_s: float = 600.0) -> dict[str, float]:
+    """Run the probe in a new interpreter; ``{}`` (with a warning logged) if it fails."""
+    import logging
+
+    cmd = [sys.executable, "-m", "edgekit.bench.probe", kind, str(path), text, "--max-length", str(max_length)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        logging.getLogger(__name__).warning("probe of %s timed out after %.0f s", path, timeout_s)
+        return {}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        logging.getLogger(__name__).warning("probe of %s failed: %s", path, tail)
+        return {}
+    return json.loads(lines[-1])
+
+
+if __name__ == "__main__":
+    _main()

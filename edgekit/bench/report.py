@@ -1,0 +1,200 @@
+"""``results.json``, ``results.md`` and the plots of a benchmark run, plus its verdict on the targets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from edgekit.manifest import atomic_write_text
+
+__all__ = ["TARGETS", "targets", "write_results"]
+
+log = logging.getLogger(__name__)
+
+# The suite's targets (single thread, batch 1): speed-ups and size against the teacher and the
+# Optimum baseline, accuracy drops in points. Benchmarks print them; no test times anything.
+TARGETS = {
+    "speedup_vs_teacher": 30.0,
+    "speedup_vs_baseline": 5.0,
+    "size_fraction_of_teacher": 1 / 30,
+    "max_accuracy_drop_points": 1.0,
+    "max_cascade_drop_points_at_10pct_cloud": 0.3,
+}
+
+
+def _pick(rows: list[dict], kind: str, threads: int, batch: int) -> list[dict]:
+    return [r for r in rows if r["kind"] == kind and r["threads"] == threads and r["batch"] == batch]
+
+
+def targets(result: dict) -> dict | None:
+    """How the best edge bundle does against the targets, at the smallest thread count and batch.
+
+    "Best" = the fastest edgekit bundle within the accuracy target of the teacher (the most
+    accurate one when none is). None without a teacher row.
+    """
+    rows = result["rows"]
+    threads = min(r["threads"] for r in rows)
+    batch = min(r["batch"] for r in rows)
+    teacher = _pick(rows, "teacher", threads, batch)
+    edge = _pick(rows, "edgekit", threads, batch)
+    if not teacher or not edge:
+        return None
+    teacher = teacher[0]
+    limit = teacher["accuracy"] - TARGETS["max_accuracy_drop_points"] / 100
+    passing = [r for r in edge if r["accuracy"] >= limit - 1e-12]
+    best = min(passing, key=lambda r: r["latency_ms_p50"]) if passing else max(edge, key=lambda r: r["accuracy"])
+    out = {
+        "threads": threads,
+        "batch": batch,
+        "best": best["artifact"],
+        "speedup_vs_teacher": teacher["latency_ms_p50"] / best["latency_ms_p50"],
+        "size_fraction_of_teacher": best["size_bytes"] / teacher["size_bytes"],
+        "accuracy_drop_points": (teacher["accuracy"] - best["accuracy"]) * 100,
+    }
+    if best.get("cascade_accuracy_at_10pct_cloud") is not None:
+        out["cascade_drop_points_at_10pct_cloud"] = (teacher["accuracy"] - best["cascade_accuracy_at_10pct_cloud"]) * 100
+    baseline = _pick(rows, "optimum-baseline", threads, batch)
+    if baseline:
+        out["speedup_vs_baseline"] = baseline[0]["latency_ms_p50"] / best["latency_ms_p50"]
+        out["baseline_accuracy_drop_points"] = (teacher["accuracy"] - baseline[0]["accuracy"]) * 100
+    def at_least(key, goal):
+        return None if out.get(key) is None else out[key] >= goal
+
+    def at_most(key, goal):
+        return None if out.get(key) is None else out[key] <= goal + 1e-9
+
+    met = {
+        "speedup_vs_teacher": at_least("speedup_vs_teacher", TARGETS["speedup_vs_teacher"]),
+        "speedup_vs_baseline": at_least("speedup_vs_baseline", TARGETS["speedup_vs_baseline"]),
+        "size_fraction_of_teacher": at_most("size_fraction_of_teacher", TARGETS["size_fraction_of_teacher"]),
+        "max_accuracy_drop_points": at_most("accuracy_drop_points", TARGETS["max_accuracy_drop_points"]),
+        "max_cascade_drop_points_at_10pct_cloud": at_most(
+            "cascade_drop_points_at_10pct_cloud", TARGETS["max_cascade_drop_points_at_10pct_cloud"]
+        ),
+    }
+    out["met"] = met
+    return out
+
+
+def _fmt(value, spec: str = ".4f", none: str = "–") -> str:
+    return none if value is None else format(value, spec)
+
+
+def _markdown(result: dict, verdict: dict | None, plots: list[str]) -> str:
+    d = result["device"]
+    lines = [
+        "# edgekit bench results",
+        "",
+        f"Date {result['date']}. Test set `{result['test']['path']}` ({result['test']['texts']} texts; latency on the "
+        f"first {result['test']['latency_texts']}, every row measured interleaved in one run).",
+        "",
+        f"Device: {d.get('cpu')} ({d.get('arch')}), {d.get('cores')} cores, {d.get('memory_gib')} GiB, "
+        f"features {', '.join(d.get('features') or []) or 'none'}, {d.get('os')}, Python {d.get('python')}"
+        + (f", board {d['board']}" if d.get("board") else "") + ".",
+        "",
+        "| artifact | kind | format | precision | backend | size MB | accuracy | macro-F1 | agreement | ECE "
+        "| threads | batch | p50 ms | p95 ms | p99 ms | texts/s | cold start ms | peak RSS MB "
+        "| threshold | cloud % | cloud calls /1k | cascade acc | cascade acc @10% cloud |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['artifact']} | {r['kind']} | {r['format']} | {r['precision']} | {r['backend']} "
+            f"| {r['size_bytes'] / 1e6:.1f} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | {_fmt(r['agreement'])} "
+            f"| {_fmt(r['ece'], '.3f')} | {r['threads']} | {r['batch']} | {r['latency_ms_p50']:.2f} "
+            f"| {r['latency_ms_p95']:.2f} | {r['latency_ms_p99']:.2f} | {r['throughput_per_s']:.0f} "
+            f"| {_fmt(r['cold_start_ms'], '.0f')} | {_fmt(r['peak_rss_mb'], '.0f')} | {_fmt(r.get('threshold'), '.3f')} "
+            f"| {_fmt(None if r.get('cloud_rate') is None else r['cloud_rate'] * 100, '.1f')} "
+            f"| {_fmt(r.get('cloud_calls_per_1000'), '.0f')} | {_fmt(r.get('cascade_accuracy'))} "
+            f"| {_fmt(r.get('cascade_accuracy_at_10pct_cloud'))} |"
+        )
+    lines += ["", "Latency is per call (tokenize + infer) at the given batch size; texts/s = batch / mean call time. "
+              "Cold start = imports + load + first answer in a fresh process; peak RSS includes the interpreter and "
+              "libraries. ECE on the bundle's calibrated probabilities (temperature from its manifest). Cascade: the "
+              "edge answers above the bundle's threshold, the teacher below; '@10% cloud' lets the edge answer its "
+              "90% most confident texts.", ""]
+    if verdict is not None:
+        met = verdict["met"]
+
+        def mark(key):
+            return {True: "met", False: "**missed**", None: "n/a"}[met[key]]
+
+        lines += [
+            f"## Targets (threads {verdict['threads']}, batch {verdict['batch']}; best edge bundle: `{verdict['best']}`)",
+            "",
+            "| target | goal | measured | |",
+            "|---|---|---|---|",
+            f"| speed-up vs teacher (torch fp32) | ≥ 30× | {verdict['speedup_vs_teacher']:.1f}× | {mark('speedup_vs_teacher')} |",
+            f"| speed-up vs Optimum baseline | ≥ 5× | {_fmt(verdict.get('speedup_vs_baseline'), '.1f')}× "
+            f"| {mark('speedup_vs_baseline')} |",
+            f"| size vs teacher | ≤ 1/30 | 1/{1 / verdict['size_fraction_of_teacher']:.0f} | {mark('size_fraction_of_teacher')} |",
+            f"| accuracy drop | ≤ 1.0 point | {verdict['accuracy_drop_points']:.2f} | {mark('max_accuracy_drop_points')} |",
+            f"| cascade drop at ≤ 10% cloud | ≤ 0.3 point | {_fmt(verdict.get('cascade_drop_points_at_10pct_cloud'), '.2f')} "
+            f"| {mark('max_cascade_drop_points_at_10pct_cloud')} |",
+            "",
+        ]
+    for note in result.get("notes", []):
+        lines.append(f"- {note}")
+    if plots:
+        lines += [""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(result: dict, out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        result["notes"].append("matplotlib is not installed: no plots (pip install matplotlib).")
+        return []
+    rows = result["rows"]
+    threads, batch = min(r["threads"] for r in rows), min(r["batch"] for r in rows)
+    first = [r for r in rows if r["threads"] == threads and r["batch"] == batch]
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {"teacher": "tab:red", "optimum-baseline": "tab:orange", "edgekit": "tab:blue"}
+    biggest = max(r["size_bytes"] for r in first)
+    for r in first:
+        ax.scatter(r["latency_ms_p50"], r["accuracy"], s=30 + 1500 * r["size_bytes"] / biggest, alpha=0.5,
+                   color=colours[r["kind"]])
+        ax.annotate(r["artifact"], (r["latency_ms_p50"], r["accuracy"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency, ms (threads {threads}, batch {batch}, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("latency vs accuracy (bubble area ~ size)")
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_accuracy.png", dpi=120)
+    plt.close(fig)
+    written.append("latency_vs_accuracy.png")
+    curves = result.get("cascade_curves") or {}
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, points in curves.items():
+            ax.plot([p["cloud_rate"] for p in points], [p["cascade_accuracy"] for p in points], label=name, lw=1)
+        teacher = [r for r in first if r["kind"] == "teacher"]
+        if teacher:
+            ax.axhline(teacher[0]["accuracy"], color="tab:red", ls="--", lw=1, label="teacher")
+        ax.set_xlabel("cloud rate (share of queries sent to the cloud model)")
+        ax.set_ylabel("cascade accuracy")
+        ax.set_title("edge + cloud cascade")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "cascade.png", dpi=120)
+        plt.close(fig)
+        written.append("cascade.png")
+    return written
+
+
+def write_results(result: dict, out: Path) -> dict | None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    verdict = targets(result)
+    if verdict is not None:
+        result["targets"] = verdict
+    plots = _plots(result, out)
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "results.md", _markdown(result, verdict, plots))
+    return verdict

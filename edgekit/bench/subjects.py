@@ -1,0 +1,183 @@
+"""What a benchmark measures: the teacher in torch, the Optimum baseline, and edgekit bundles.
+
+Every subject loads into a :class:`~edgekit.runtime.types.LogitModel` for a given thread
+count, so the suite times them all through the same call (tokenize + infer) side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.errors import ConfigError, ManifestError, MissingDependencyError
+from edgekit.manifest import MANIFEST_NAME, Manifest
+
+__all__ = ["Subject", "bundle_subjects", "optimum_baseline", "teacher_subject"]
+
+log = logging.getLogger(__name__)
+
+BASELINE_NAME = "optimum-baseline"
+
+
+@dataclass
+class Subject:
+    artifact: str
+    kind: str  # "teacher" | "optimum-baseline" | "edgekit"
+    format: str
+    precision: str
+    path: Path
+    size_bytes: int
+    load: Callable[[int | None], object]  # threads -> LogitModel
+    labels: list[str]
+    temperature: float = 1.0
+    threshold: float | None = None  # the bundle's fallback threshold (edgekit bundles only)
+    backend: str = ""
+
+
+def _bundle_subject(path: Path, kind: str = "edgekit", backend: str = "auto") -> Subject:
+    from edgekit.runtime.model import load_bundle_model
+
+    manifest = Manifest.load(path)
+    manifest.verify(path)
+    size = sum((path / f).stat().st_size for f in manifest.model_files)
+    return Subject(
+        artifact=path.name,
+        kind=kind,
+        format=manifest.format,
+        precision=manifest.precision,
+        path=path,
+        size_bytes=size,
+        load=lambda threads: load_bundle_model(path, backend, threads, verify=False),
+        labels=list(manifest.labels),
+        temperature=manifest.calibration.temperature,
+        threshold=manifest.calibration.threshold if kind == "edgekit" else None,
+    )
+
+
+def bundle_subjects(root: Path, backend: str = "auto") -> list[Subject]:
+    """``root`` is one bundle or a directory of bundles (as ``edgekit convert --out`` writes)."""
+    root = Path(root)
+    if (root / MANIFEST_NAME).is_file():
+        dirs = [root]
+    elif root.is_dir():
+        dirs = sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file() and p.name != BASELINE_NAME)
+    else:
+        raise ConfigError(f"{root}: no such directory")
+    if not dirs:
+        raise ManifestError(f"{root} holds no bundle (no */{MANIFEST_NAME}): give the --out directory of edgekit convert")
+    return [_bundle_subject(d, backend=backend) for d in dirs]
+
+
+class _ThreadedTorch:
+    """The torch teacher with its own thread count (torch's is process-wide: set it per call)."""
+
+    def __init__(self, model, threads: int | None) -> None:
+        import torch
+
+        self._torch, self._model, self._threads = torch, model, threads
+        self.info = model.info
+
+    def logits(self, texts):
+        if self._threads:
+            self._torch.set_num_threads(self._threads)
+        return self._model.logits(texts)
+
+    def close(self) -> None:
+        self._model.close()
+
+
+def _weights_size(model_dir: Path) -> int:
+    files = [p for pattern in ("*.safetensors", "*.bin") for p in model_dir.glob(pattern)]
+    return sum(p.stat().st_size for p in files if p.name != "training_args.bin")
+
+
+def teacher_subject(model_dir: Path, max_length: int) -> Subject:
+    try:
+        from edgekit.converters.torch_model import TorchModel
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("torch", "convert", what="the teacher row (--teacher)") from exc
+    first = TorchModel(Path(model_dir), max_length=max_length)
+    labels = list(first.info.labels)
+    cache = {"model": first}
+
+    def load(threads):
+        model = cache.pop("model", None) or TorchModel(Path(model_dir), max_length=max_length)
+        return _ThreadedTorch(model, threads)
+
+    return Subject(
+        artifact="teacher",
+        kind="teacher",
+        format="torch",
+        precision="fp32",
+        path=Path(model_dir),
+        size_bytes=_weights_size(Path(model_dir)),
+        load=load,
+        labels=labels,
+        backend="torch",
+    )
+
+
+def optimum_baseline(model_dir: Path, out_dir: Path, labels: list[str], max_length: int) -> Subject:
+    """The teacher exported to ONNX by optimum and quantized to dynamic int8 by its ORTQuantizer.
+
+    What a deployment engineer gets without edgekit: no distillation, no vocabulary pruning.
+    Wrapped in a bundle (manifest + the teacher's tokenizer.json) so it runs through the same
+    runtime code as ours. Built once into ``out_dir/optimum-baseline`` and reused while the
+    teacher is unchanged.
+    """
+    from edgekit.manifest import sha256_file
+
+    target = Path(out_dir) / BASELINE_NAME
+    teacher_hash = sha256_file(next(iter(sorted(Path(model_dir).glob("*.safetensors"))), Path(model_dir) / "config.json"))
+    if (target / MANIFEST_NAME).is_file():
+        try:
+            manifest = Manifest.load(target)
+            if manifest.provenance.get("teacher_sha256") == teacher_hash and manifest.max_length == max_length:
+                return _bundle_subject(target, kind="optimum-baseline")
+        except ManifestError:
+            pass
+    try:
+        from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    except ImportError as exc:
+        raise MissingDependencyError("optimum", "convert", what="the Optimum baseline row") from exc
+    tokenizer_json = Path(model_dir) / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        raise ConfigError(f"{model_dir}: the teacher has no tokenizer.json (a fast tokenizer is needed)")
+    arm = platform.machine().lower() in ("aarch64", "arm64")
+    qconfig = (AutoQuantizationConfig.arm64 if arm else AutoQuantizationConfig.avx2)(is_static=False, per_channel=False)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{BASELINE_NAME}-") as tmp:
+        tmp = Path(tmp)
+        log.info("building the Optimum baseline (export + dynamic int8) from %s", model_dir)
+        ORTModelForSequenceClassification.from_pretrained(model_dir, export=True).save_pretrained(tmp / "fp32")
+        ORTQuantizer.from_pretrained(tmp / "fp32").quantize(save_dir=tmp / "int8", quantization_config=qconfig)
+        quantized = next((tmp / "int8").glob("*quantized*.onnx"))
+        bundle = tmp / "bundle"
+        bundle.mkdir()
+        shutil.copy(quantized, bundle / "model.onnx")
+        shutil.copy(tokenizer_json, bundle / "tokenizer.json")
+        Manifest(
+            format="onnx",
+            precision="int8",
+            labels=list(labels),
+            model_files=["model.onnx"],
+            max_length=max_length,
+            name=BASELINE_NAME,
+            provenance={
+                "built_with": f"optimum ORTQuantizer, AutoQuantizationConfig.{'arm64' if arm else 'avx2'}"
+                "(is_static=False, per_channel=False)",
+                "teacher": str(model_dir),
+                "teacher_sha256": teacher_hash,
+            },
+        ).save(bundle)
+        if target.exists():
+            shutil.rmtree(target)
+        bundle.rename(target)
+    return _bundle_subject(target, kind="optimum-baseline")

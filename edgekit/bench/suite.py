@@ -1,0 +1,296 @@
+"""The benchmark run: accuracy, cascade, latency (interleaved), cold start and memory of every subject.
+
+Latency is measured **interleaved**: for each batch of texts, every subject answers it in
+turn (the order rotating per batch), so that a noisy, shared machine slows all of them alike
+and the ratios between rows hold even when absolute figures drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.bench.subjects import Subject, bundle_subjects, optimum_baseline, teacher_subject
+from edgekit.data import load_dataset
+from edgekit.errors import ConfigError, DataError
+from edgekit.metrics import cascade_at, classification_metrics, expected_calibration_error, softmax
+
+__all__ = ["BenchConfig", "run_bench"]
+
+log = logging.getLogger(__name__)
+
+REFERENCE_NAME = "reference.json"  # the teacher's answers, for runs without the teacher (a Pi)
+CLOUD_BUDGET = 0.10  # the cascade point the results also report: at most 10% cloud calls
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    bundles: Path
+    test: Path
+    out: Path
+    teacher: Path | None = None
+    reference: Path | None = None  # reference.json of an earlier run with the teacher
+    baseline: bool = True  # the Optimum baseline row (needs --teacher and the convert extra)
+    threads: tuple[int, ...] = (1,)
+    batch: tuple[int, ...] = (1,)
+    latency_texts: int = 200
+    warmup: int = 5
+    probe: bool = True  # cold start + peak RSS in a separate process per artifact
+    backend: str = "auto"
+    text_field: str = "text"
+    label_field: str = "label"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.threads or min(self.threads) < 1:
+            raise ConfigError("--threads takes positive thread counts, e.g. 1,2")
+        if not self.batch or min(self.batch) < 1:
+            raise ConfigError("--batch takes positive batch sizes, e.g. 1,8")
+        if self.latency_texts < 1:
+            raise ConfigError("--latency-texts must be at least 1")
+        if self.teacher is not None and self.reference is not None:
+            raise ConfigError("give --teacher or --reference, not both")
+
+
+@dataclass
+class _Measured:
+    subject: Subject
+    pred: np.ndarray
+    probs: np.ndarray
+    metrics: dict = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)  # (threads, batch) -> list of ms per call
+    probe: dict = field(default_factory=dict)
+    curve: list = field(default_factory=list)
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is in the runtime extra; a bare install just has no bar
+        return None
+    return tqdm(total=total, desc=desc, unit="call", disable=not enabled, leave=False)
+
+
+def _subjects(config: BenchConfig, bundles: list[Subject], max_length: int, notes: list[str]) -> list[Subject]:
+    labels = bundles[0].labels
+    for s in bundles[1:]:
+        if s.labels != labels:
+            raise ConfigError(f"{s.path}: its labels differ from {bundles[0].path}'s; bench bundles of one model")
+    subjects = []
+    if config.teacher is not None:
+        teacher = teacher_subject(config.teacher, max_length)
+        if teacher.labels != labels:
+            raise ConfigError(f"{config.teacher}: the teacher's labels differ from the bundles'")
+        subjects.append(teacher)
+        if config.baseline:
+            subjects.append(optimum_baseline(config.teacher, config.out, labels, max_length))
+    else:
+        notes.append("No --teacher: the teacher and Optimum baseline rows are left out.")
+    return subjects + bundles
+
+
+def _teacher_reference(config: BenchConfig, test_sha: str, labels: list[str]) -> np.ndarray | None:
+    if config.reference is None:
+        return None
+    try:
+        ref = json.loads(Path(config.reference).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{config.reference}: cannot read the reference ({exc})") from exc
+    if ref.get("test_sha256") != test_sha:
+        raise DataError(f"{config.reference} was made on another test file than {config.test}")
+    index = {label: i for i, label in enumerate(labels)}
+    return np.array([index[label] for label in ref["teacher_labels"]])
+
+
+def _interleaved_latency(measured: list[_Measured], models: dict, texts: list[str], threads: int, batch: int,
+                         warmup: int, bar) -> None:
+    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+    for m in measured:
+        for chunk in chunks[:warmup]:
+            models[m.subject.artifact].logits(chunk)
+    times = {m.subject.artifact: [] for m in measured}
+    n = len(measured)
+    for k, chunk in enumerate(chunks):
+        for j in range(n):
+            m = measured[(k + j) % n]  # rotate who goes first: no row always runs on a cold cache
+            model = models[m.subject.artifact]
+            start = time.perf_counter()
+            model.logits(chunk)
+            times[m.subject.artifact].append((time.perf_counter() - start) * 1000)
+            if bar is not None:
+                bar.update(1)
+    for m in measured:
+        m.latency[(threads, batch)] = times[m.subject.artifact]
+
+
+def _cascade_curve(scores, pred, teacher_pred, y) -> list[dict]:
+    """Cascade accuracy at every cloud rate the scores allow (thresholds between scores change nothing)."""
+    points = []
+    for t in np.unique(np.concatenate([[0.0], scores, [np.nextafter(scores.max(), 2.0)]])):
+        rate, acc = cascade_at(float(t), scores, pred, teacher_pred, y)
+        points.append({"threshold": float(t), "cloud_rate": rate, "cascade_accuracy": acc})
+    return points
+
+
+def _budget_point(scores, pred, teacher_pred, y, budget: float) -> dict:
+    """The cascade with the edge answering its most confident (1 - budget) share: no labels used to place it."""
+    k = int(np.floor(budget * len(scores)))
+    threshold = float(np.sort(scores)[k]) if k < len(scores) else float(np.nextafter(scores.max(), 2.0))
+    rate, acc = cascade_at(threshold, scores, pred, teacher_pred, y)
+    return {"threshold": threshold, "cloud_rate": rate, "cascade_accuracy": acc}
+
+
+def run_bench(config: BenchConfig, echo=print) -> dict:
+    data = load_dataset(config.test, text_field=config.text_field, label_field=config.label_field)
+    texts = list(data.texts)
+    test_sha = _file_sha256(config.test)
+    notes: list[str] = []
+    bundles = bundle_subjects(config.bundles, config.backend)
+    max_length = max(_max_length(b.path) for b in bundles)
+    subjects = _subjects(config, bundles, max_length, notes)
+    labels = subjects[-1].labels
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(data.labels) - set(index))
+    if unknown:
+        raise DataError(f"{config.test}: labels {', '.join(map(repr, unknown[:5]))} are not among the bundles' labels")
+    y = np.array([index[label] for label in data.labels])
+    latency_texts = texts[: config.latency_texts]
+    config.out.mkdir(parents=True, exist_ok=True)
+
+    # -- accuracy (and the first thread count's models, reused for latency) ----------------------
+    echo(f"bench: {len(subjects)} artifacts, {len(texts)} test texts, latency on {len(latency_texts)} texts "
+         f"at threads {list(config.threads)} x batch {list(config.batch)}")
+    measured: list[_Measured] = []
+    first_models = {}
+    for s in subjects:
+        model = s.load(config.threads[0])
+        first_models[s.artifact] = model
+        s.backend = s.backend or getattr(model, "info").backend
+        logits = np.concatenate([model.logits(texts[i : i + 32]) for i in range(0, len(texts), 32)])
+        probs = softmax(logits, s.temperature)
+        measured.append(_Measured(s, probs.argmax(-1), probs))
+    teacher = next((m for m in measured if m.subject.kind == "teacher"), None)
+    teacher_pred = teacher.pred if teacher is not None else _teacher_reference(config, test_sha, labels)
+    if teacher_pred is None:
+        notes.append("No teacher answers (--teacher or --reference): agreement and cascade columns are empty.")
+    for m in measured:
+        m.metrics = classification_metrics(np.log(m.probs + 1e-12), y, teacher_pred=teacher_pred)
+        m.metrics["ece"] = expected_calibration_error(m.probs, y)
+        if m.subject.kind == "edgekit" and teacher_pred is not None:
+            scores = m.probs.max(-1)
+            rate, acc = cascade_at(m.subject.threshold, scores, m.pred, teacher_pred, y)
+            m.metrics.update(cloud_rate=rate, cloud_calls_per_1000=rate * 1000, cascade_accuracy=acc)
+            m.metrics["cascade_at_budget"] = _budget_point(scores, m.pred, teacher_pred, y, CLOUD_BUDGET)
+            m.curve = _cascade_curve(scores, m.pred, teacher_pred, y)
+
+    # -- latency, interleaved --------------------------------------------------------------------
+    calls = sum(len(range(0, len(latency_texts), b)) for b in config.batch) * len(measured) * len(config.threads)
+    bar = _progress(calls, config.progress, "bench")
+    try:
+        for t_index, threads in enumerate(config.threads):
+            models = first_models if t_index == 0 else {m.subject.artifact: m.subject.load(threads) for m in measured}
+            try:
+                for batch in config.batch:
+                    _interleaved_latency(measured, models, latency_texts, threads, batch, config.warmup, bar)
+            finally:
+                for model in models.values():
+                    model.close()
+    finally:
+        if bar is not None:
+            bar.close()
+
+    # -- cold start and peak memory, one fresh process per artifact ------------------------------
+    if config.probe:
+        from edgekit.bench.probe import probe
+
+        for m in measured:
+            kind = "teacher" if m.subject.kind == "teacher" else "edgekit"
+            m.probe = probe(kind, m.subject.path, texts[0], threads=config.threads[0], max_length=max_length)
+
+    result = _result(config, measured, teacher_pred is not None, test_sha, len(texts), len(latency_texts), notes)
+    if teacher is not None:
+        reference = {"test_sha256": test_sha, "teacher_labels": [labels[i] for i in teacher.pred]}
+        (config.out / REFERENCE_NAME).write_text(json.dumps(reference) + "\n", encoding="utf-8")
+    return result
+
+
+def _max_length(bundle: Path) -> int:
+    from edgekit.manifest import Manifest
+
+    return Manifest.load(bundle).max_length
+
+
+def _row(m: _Measured, threads: int, batch: int, times: list[float]) -> dict:
+    s = m.subject
+    arr = np.asarray(times)
+    row = {
+        "artifact": s.artifact,
+        "kind": s.kind,
+        "format": s.format,
+        "precision": s.precision,
+        "backend": s.backend,
+        "size_bytes": s.size_bytes,
+        "accuracy": m.metrics["accuracy"],
+        "macro_f1": m.metrics["macro_f1"],
+        "agreement": m.metrics.get("agreement"),
+        "ece": m.metrics["ece"],
+        "threads": threads,
+        "batch": batch,
+        "latency_ms_p50": float(np.percentile(arr, 50)),
+        "latency_ms_p95": float(np.percentile(arr, 95)),
+        "latency_ms_p99": float(np.percentile(arr, 99)),
+        "throughput_per_s": float(batch * len(arr) / (arr.sum() / 1000)),
+        "calls": len(arr),
+        "cold_start_ms": m.probe.get("cold_start_ms"),
+        "load_ms": m.probe.get("load_ms"),
+        "peak_rss_mb": m.probe.get("peak_rss_mb"),
+    }
+    if s.kind == "edgekit":
+        budget = m.metrics.get("cascade_at_budget") or {}
+        row.update(
+            threshold=s.threshold,
+            temperature=s.temperature,
+            cloud_rate=m.metrics.get("cloud_rate"),
+            cloud_calls_per_1000=m.metrics.get("cloud_calls_per_1000"),
+            cascade_accuracy=m.metrics.get("cascade_accuracy"),
+            cascade_accuracy_at_10pct_cloud=budget.get("cascade_accuracy"),
+            cloud_rate_at_10pct_budget=budget.get("cloud_rate"),
+        )
+    return row
+
+
+def _result(config: BenchConfig, measured: list[_Measured], has_teacher: bool, test_sha: str, n_texts: int,
+            n_latency: int, notes: list[str]) -> dict:
+    from edgekit.device import device_record, library_versions
+
+    rows = [
+        _row(m, threads, batch, m.latency[(threads, batch)])
+        for threads in config.threads
+        for batch in config.batch
+        for m in measured
+    ]
+    device = device_record()
+    device["libraries"] = library_versions()
+    return {
+        "schema_version": 1,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "config": {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                   for k, v in asdict(config).items()},
+        "test": {"path": str(config.test), "sha256": test_sha, "texts": n_texts, "latency_texts": n_latency},
+        "rows": rows,
+        "cascade_curves": {m.subject.artifact: m.curve for m in measured if m.curve},
+        "notes": notes,
+        "has_teacher_answers": has_teacher,
+    }
