@@ -1,0 +1,329 @@
+"""Server load benchmark: concurrent clients against a real edge server, with and without micro-batching.
+
+:func:`run_load` measures, in one run and on one bundle:
+
+- ``raw-backend``: the loaded model called in-process, one text per call, by one caller
+  (tokenizer + engine, no gRPC): the ceiling a server is compared with;
+- ``raw-backend-concurrent``: the same with ``clients`` threads calling at once (left out
+  for one client);
+- ``server-no-batching``: a real server (:func:`~edgekit.runtime.server.build_server`, as
+  ``edgekit serve`` builds it) on 127.0.0.1 with ``max_batch_size=1``, and ``clients``
+  threads, each with its own :class:`~edgekit.runtime.client.EdgeClient` and channel,
+  sending one text per ``Classify`` call (``allow_cloud=False``) for ``seconds``;
+- ``server-micro-batching``: the same against a server that merges concurrent requests
+  (``max_batch_size``, ``max_wait_ms``).
+
+Each row reports completed requests, errors (what the client raises as
+:class:`~edgekit.errors.EdgekitError`), throughput and client-side p50/p99 latency; server
+rows also report the mean number of texts per model call, read from the server's metrics.
+
+The client threads run in the server's own process: they share its interpreter lock and
+its cores, so the server rows are a lower bound of what the server does for clients on
+other machines. Throughput is completed requests over the wall time from the common start
+until the last client finishes its last call (calls running at the deadline complete).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgekit.errors import ConfigError, EdgekitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgekit.runtime.batching import BatchSettings
+    from edgekit.runtime.model import BundleModel
+
+__all__ = ["MODES", "format_load_markdown", "run_load"]
+
+log = logging.getLogger(__name__)
+
+RAW = "raw-backend"
+RAW_CONCURRENT = "raw-backend-concurrent"
+NO_BATCHING = "server-no-batching"
+MICRO_BATCHING = "server-micro-batching"
+MODES = (RAW, RAW_CONCURRENT, NO_BATCHING, MICRO_BATCHING)
+
+_GRACE_S = 2.0  # for stopping a server after its phase
+
+
+@dataclass
+class _Tally:
+    """What one caller saw."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    first_error: str | None = None
+    finished: float = 0.0  # perf_counter() after its last call
+
+    def error(self, exc: EdgekitError) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = str(exc)
+
+
+def _drive(
+    calls: Sequence[Callable[[str], object]],
+    texts: Sequence[str],
+    seconds: float,
+    *,
+    warm: Sequence[Callable[[], object]] = (),
+) -> dict[str, Any]:
+    """Run every call in its own thread, one text per call (cycling through ``texts``), for
+    ``seconds`` from a common start. ``warm[i]`` runs before the start (a channel connect);
+    an :class:`EdgekitError` from either counts as an error, anything else propagates."""
+    tallies = [_Tally() for _ in calls]
+    start: list[float] = []
+    barrier = threading.Barrier(len(calls), action=lambda: start.append(time.perf_counter()))
+
+    def caller(i: int) -> None:
+        tally, call = tallies[i], calls[i]
+        try:
+            if i < len(warm):
+                warm[i]()
+        except EdgekitError as exc:
+            tally.error(exc)
+        except BaseException:
+            barrier.abort()
+            raise
+        barrier.wait()
+        deadline = start[0] + seconds
+        k = i  # callers start at different texts
+        while (t0 := time.perf_counter()) < deadline:
+            text = texts[k % len(texts)]
+            k += 1
+            try:
+                call(text)
+            except EdgekitError as exc:
+                tally.error(exc)
+                continue
+            tally.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
+        tally.finished = time.perf_counter()
+
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="edgekit-load") as pool:
+        futures = [pool.submit(caller, i) for i in range(len(calls))]
+    failures = [exc for exc in (f.exception() for f in futures) if exc is not None]
+    if failures:  # the cause, not the other callers' broken barrier
+        raise next((e for e in failures if not isinstance(e, threading.BrokenBarrierError)), failures[0])
+    return _row(tallies, start[0], clients=len(calls))
+
+
+def _row(tallies: Sequence[_Tally], start: float, *, clients: int) -> dict[str, Any]:
+    import numpy as np
+
+    latencies = np.asarray([ms for t in tallies for ms in t.latencies_ms], dtype=np.float64)
+    elapsed = max(t.finished for t in tallies) - start
+    requests = int(latencies.size)
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(latencies, q)), 3) if requests else None
+
+    return {
+        "clients": clients,
+        "requests": requests,
+        "errors": sum(t.errors for t in tallies),
+        "elapsed_s": round(elapsed, 3),
+        "throughput_rps": round(requests / elapsed, 2) if elapsed > 0 else 0.0,
+        "latency_ms_p50": pct(50),
+        "latency_ms_p99": pct(99),
+        "latency_ms_mean": round(float(latencies.mean()), 3) if requests else None,
+        "mean_batch_size": None,  # texts per model call (server rows)
+        "max_batch_size": None,
+        "max_wait_ms": None,
+        "first_error": next((t.first_error for t in tallies if t.first_error), None),
+    }
+
+
+def _serve_and_drive(
+    model: BundleModel, batching: BatchSettings, texts: Sequence[str], clients: int, seconds: float
+) -> dict[str, Any]:
+    """Serve ``model`` (the server owns and closes it), drive it with ``clients`` EdgeClients."""
+    from edgekit.runtime.client import EdgeClient
+    from edgekit.runtime.server import build_server
+
+    server = build_server(model, host="127.0.0.1", port=0, batching=batching)
+    try:
+        edge_clients = [EdgeClient(server.address) for _ in range(clients)]
+        try:
+            row = _drive(
+                [lambda text, c=c: c.classify([text], allow_cloud=False) for c in edge_clients],
+                texts,
+                seconds,
+                warm=[c.health for c in edge_clients],
+            )
+        finally:
+            for c in edge_clients:
+                c.close()
+        registry = server.dataplane.registry
+        calls = registry.get_sample_value("edgekit_batch_size_count") or 0.0
+        total = registry.get_sample_value("edgekit_batch_size_sum") or 0.0
+        row["mean_batch_size"] = round(total / calls, 2) if calls else None
+        row["max_batch_size"] = batching.max_batch_size
+        row["max_wait_ms"] = batching.max_wait_ms if batching.enabled else None
+    finally:
+        server.stop(grace_s=_GRACE_S)
+    return row
+
+
+def _check(texts: Sequence[str], clients: int, seconds: float, max_batch_size: int, max_wait_ms: float) -> None:
+    if isinstance(clients, bool) or not isinstance(clients, numbers.Integral) or clients < 1:
+        raise ConfigError(f"clients must be a whole number >= 1, got {clients!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds < math.inf:
+        raise ConfigError(f"seconds must be a finite number > 0, got {seconds!r}")
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, numbers.Integral) or max_batch_size < 2:
+        raise ConfigError(
+            f"max_batch_size must be >= 2 for the micro-batching row, got {max_batch_size!r} "
+            "(the no-batching row is always measured)"
+        )
+    if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, numbers.Real) or not 0 <= max_wait_ms < math.inf:
+        raise ConfigError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
+    if isinstance(texts, str):
+        raise ConfigError("texts must be a list of texts, got a single string")
+    if not texts:
+        raise ConfigError("texts is empty: give at least one text to send")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(
+                f"texts[{i}] is {text!r}: every text must be a non-blank string (the server refuses others)"
+            )
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="phase", desc="load", leave=False)
+
+
+def run_load(
+    bundle_dir: str | Path,
+    texts: Sequence[str],
+    *,
+    clients: int = 8,
+    seconds: float = 10.0,
+    backend: str = "auto",
+    threads: int | None = None,
+    max_batch_size: int = 8,
+    max_wait_ms: float = 2.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load-test the bundle in ``bundle_dir``: the raw backend, then a server without and with
+    micro-batching, each for ``seconds`` with ``clients`` concurrent callers (see the module doc).
+
+    Returns a JSON-able dict: ``device``, ``bundle``, the settings, ``rows`` (one per mode, in
+    :data:`MODES` order) and ``ratios`` (each row's throughput over the single-caller raw
+    backend's). Raises :class:`~edgekit.errors.ConfigError` on bad arguments before loading anything.
+    """
+    from edgekit.device import device_record
+    from edgekit.runtime.batching import BatchSettings
+    from edgekit.runtime.model import load_bundle_model
+
+    _check(texts, clients, seconds, max_batch_size, max_wait_ms)
+    texts = list(texts)
+    clients, seconds = int(clients), float(seconds)  # plain numbers in the JSON (numpy scalars are accepted)
+    max_batch_size, max_wait_ms = int(max_batch_size), float(max_wait_ms)
+    no_batching = BatchSettings(max_batch_size=1)
+    micro = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+    bundle_dir = Path(bundle_dir)
+
+    phases = [RAW, *([RAW_CONCURRENT] if clients > 1 else []), NO_BATCHING, MICRO_BATCHING]
+    bar = None  # started once the bundle has loaded
+    rows: list[dict[str, Any]] = []
+
+    def phase(mode: str, measure: Callable[[], dict[str, Any]]) -> None:
+        if bar is not None:
+            bar.set_postfix_str(mode)
+        log.info("event=load_phase mode=%s clients=%d seconds=%s", mode, clients, seconds)
+        rows.append({"mode": mode, **measure()})
+        if bar is not None:
+            bar.update()
+
+    try:
+        model = load_bundle_model(bundle_dir, backend, threads)  # verifies checksums once
+        bar = _progress(len(phases), progress)
+        try:
+            info = model.info
+            model.logits(texts[:1])  # the first call allocates and picks kernels
+            phase(RAW, lambda: _drive([lambda text: model.logits([text])], texts, seconds))
+            if clients > 1:
+                phase(RAW_CONCURRENT, lambda: _drive([lambda text: model.logits([text])] * clients, texts, seconds))
+        finally:
+            model.close()
+        # build_server owns its model and closes it on stop(): a fresh one per server
+        for mode, batching in ((NO_BATCHING, no_batching), (MICRO_BATCHING, micro)):
+            fresh = load_bundle_model(bundle_dir, backend, threads, verify=False)
+            phase(mode, lambda: _serve_and_drive(fresh, batching, texts, clients, seconds))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    raw_rps = rows[0]["throughput_rps"]
+    return {
+        "device": device_record(),
+        "bundle": {
+            "path": str(bundle_dir),
+            "name": info.name,
+            "version": info.version,
+            "format": info.format,
+            "precision": info.precision,
+            "backend": info.backend,
+        },
+        "clients": clients,
+        "seconds": seconds,
+        "threads": threads,
+        "texts": len(texts),
+        "batching": {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
+        "load_generator": "client threads in the server's process (sharing its interpreter lock and cores)",
+        "rows": rows,
+        "ratios": {
+            row["mode"]: round(row["throughput_rps"] / raw_rps, 3) if raw_rps else None for row in rows[1:]
+        },
+    }
+
+
+def _cell(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_load_markdown(result: dict[str, Any]) -> str:
+    """A markdown summary of :func:`run_load`'s result: a line of settings and one table row per mode."""
+    bundle, device = result["bundle"], result["device"]
+    batching = result["batching"]
+    lines = [
+        f"Load: `{bundle['name']}` ({bundle['format']}/{bundle['precision']}, backend {bundle['backend']}) on "
+        f"{device.get('cpu', '?')} ({device.get('cores', '?')} cores); {result['clients']} clients × "
+        f"{result['seconds']:g} s, one text per request; micro-batching up to {batching['max_batch_size']} texts "
+        f"/ {batching['max_wait_ms']:g} ms.",
+        "",
+        "| mode | clients | requests | errors | req/s | vs raw | p50 ms | p99 ms | texts/call |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratios = result.get("ratios", {})
+    for row in result["rows"]:
+        ratio = 1.0 if row["mode"] == RAW else ratios.get(row["mode"])
+        vs_raw = "–" if ratio is None else f"{ratio:.2f}×"
+        lines.append(
+            f"| {row['mode']} | {row['clients']} | {row['requests']} | {row['errors']} "
+            f"| {_cell(row['throughput_rps'])} | {vs_raw} | {_cell(row['latency_ms_p50'], 2)} "
+            f"| {_cell(row['latency_ms_p99'], 2)} | {_cell(row.get('mean_batch_size'), 2)} |"
+        )
+    errors = [f"{row['mode']}: {row['first_error']}" for row in result["rows"] if row.get("first_error")]
+    if errors:
+        lines += ["", "First errors: " + "; ".join(errors)]
+    lines += ["", "The clients are threads in the server's process: server rows are a lower bound."]
+    return "\n".join(lines) + "\n"

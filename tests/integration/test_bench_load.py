@@ -1,0 +1,136 @@
+"""The server load benchmark on a real ONNX bundle exported from the tiny classifier: every mode
+answers every request, the script prints the table and writes load.json, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edgekit.bench.load import MODES, format_load_markdown, run_load
+from edgekit.errors import ConfigError
+from tests.conftest import REPO, needs
+
+SCRIPT = REPO / "benchmarks" / "load.py"
+NEEDS_EXPORT = needs("torch", "transformers", "onnxruntime", "onnx")
+ROW_KEYS = {"mode", "clients", "requests", "errors", "elapsed_s", "throughput_rps", "latency_ms_p50",
+            "latency_ms_p99", "latency_ms_mean", "mean_batch_size", "max_batch_size", "max_wait_ms", "first_error"}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_classifier, tiny_export_inputs):
+    """A real ONNX fp32 bundle of the tiny classifier, made as the convert pipeline makes each
+    candidate (export, tokenizer.json, manifest with checksums) without distillation and
+    calibration, which the load benchmark does not look at: seconds instead of a minute."""
+    from edgekit.converters.exporters import get_exporter
+    from edgekit.manifest import Manifest
+
+    art = get_exporter("onnx").export(tiny_export_inputs, "fp32", tmp_path_factory.mktemp("load-bundle") / "onnx-fp32")
+    shutil.copy(tiny_classifier / "tokenizer.json", art.directory / "tokenizer.json")
+    id2label = json.loads((tiny_classifier / "config.json").read_text())["id2label"]
+    labels = [id2label[str(i)] for i in range(len(id2label))]
+    Manifest(format="onnx", precision=art.precision, labels=labels, model_files=art.model_files,
+             max_length=tiny_export_inputs.max_length, name="tiny-onnx-fp32").save(art.directory)
+    return art.directory
+
+
+@pytest.fixture(scope="module")
+def texts(small_splits):
+    from edgekit.data import load_dataset
+
+    return list(load_dataset(small_splits["test"]).texts[:20])
+
+
+@NEEDS_EXPORT
+def test_every_mode_answers_every_request(bundle, texts):
+    result = run_load(bundle, texts, clients=3, seconds=0.5, max_batch_size=4, max_wait_ms=5, progress=False)
+    json.dumps(result, allow_nan=False)  # JSON-able as it is
+
+    assert (result["clients"], result["seconds"], result["texts"]) == (3, 0.5, len(texts))
+    assert result["batching"] == {"max_batch_size": 4, "max_wait_ms": 5}
+    assert result["bundle"]["format"] == "onnx" and result["bundle"]["backend"] == "onnxruntime"
+    assert result["device"]["cores"]
+    rows = {row["mode"]: row for row in result["rows"]}
+    assert list(rows) == list(MODES)
+    for mode, row in rows.items():
+        assert set(row) == ROW_KEYS, mode
+        assert row["requests"] > 0 and row["errors"] == 0 and row["first_error"] is None, row
+        assert row["throughput_rps"] > 0 and row["elapsed_s"] >= 0.5, row
+        assert 0 < row["latency_ms_p50"] <= row["latency_ms_p99"], row
+    assert rows["raw-backend"]["clients"] == 1 and rows["server-micro-batching"]["clients"] == 3
+    assert rows["server-no-batching"]["mean_batch_size"] == 1.0
+    assert 1.0 <= rows["server-micro-batching"]["mean_batch_size"] <= 4
+    assert rows["raw-backend"]["mean_batch_size"] is None
+    raw = rows["raw-backend"]["throughput_rps"]
+    assert set(result["ratios"]) == set(MODES[1:])
+    for mode, ratio in result["ratios"].items():
+        assert ratio == pytest.approx(rows[mode]["throughput_rps"] / raw, abs=1e-3)
+
+    table = format_load_markdown(result)
+    assert table.count("\n| ") == 1 + len(MODES)  # header + one line per mode
+    for mode in MODES:
+        assert f"| {mode} | " in table
+
+
+@NEEDS_EXPORT
+def test_one_client_has_no_concurrent_raw_row(bundle, texts):
+    result = run_load(bundle, texts[:2], clients=1, seconds=0.3, progress=False)
+    assert [row["mode"] for row in result["rows"]] == ["raw-backend", "server-no-batching", "server-micro-batching"]
+    assert all(row["requests"] > 0 and row["errors"] == 0 for row in result["rows"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"clients": 0}, "clients must be a whole number >= 1"),
+        ({"clients": 2.5}, "clients must be a whole number >= 1"),
+        ({"seconds": 0}, "seconds must be a finite number > 0"),
+        ({"seconds": -1.0}, "seconds must be a finite number > 0"),
+        ({"seconds": math.inf}, "seconds must be a finite number > 0"),
+        ({"texts": []}, "texts is empty"),
+        ({"texts": "where is my order"}, "a single string"),
+        ({"texts": ["ok", "  "]}, r"texts\[1\] is '  '"),
+        ({"max_batch_size": 1}, "max_batch_size must be >= 2"),
+        ({"max_wait_ms": -1}, "max_wait_ms must be a finite number >= 0"),
+        ({"max_wait_ms": math.nan}, "max_wait_ms must be a finite number >= 0"),
+    ],
+)
+def test_bad_arguments_are_refused_before_loading(tmp_path, kwargs, message):
+    texts = kwargs.pop("texts", ["where is my order"])
+    with pytest.raises(ConfigError, match=message):
+        run_load(tmp_path / "no-bundle", texts, progress=False, **kwargs)  # no bundle there: never reached
+
+
+def _script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+@pytest.mark.e2e
+def test_script_help_and_bad_input(tmp_path, small_splits):
+    done = _script("--help")
+    assert done.returncode == 0 and "--max-wait-ms" in done.stdout and "--clients" in done.stdout
+
+    done = _script(str(tmp_path), "--test", str(small_splits["test"]), "--seconds", "0.1", "--no-progress")
+    assert done.returncode == 8, done.stderr  # ManifestError
+    assert done.stderr.startswith(f"Error: {tmp_path} is not a bundle") and "Traceback" not in done.stderr
+
+    done = _script(str(tmp_path), "--test", str(tmp_path / "missing.jsonl"))
+    assert (done.returncode, done.stderr.strip()) == (3, f"Error: {tmp_path / 'missing.jsonl'}: no such file")
+
+
+@pytest.mark.e2e
+@NEEDS_EXPORT
+def test_script_prints_the_table_and_writes_the_results(bundle, small_splits, tmp_path):
+    out = tmp_path / "out"
+    done = _script(str(bundle), "--test", str(small_splits["test"]), "--clients", "2", "--seconds", "0.3",
+                   "--max-batch-size", "4", "--no-progress", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| server-micro-batching | 2 |" in done.stdout
+    result = json.loads((out / "load.json").read_text())
+    assert [row["mode"] for row in result["rows"]] == list(MODES)
+    assert all(row["requests"] > 0 and row["errors"] == 0 for row in result["rows"])
+    assert (out / "load.md").read_text() == done.stdout
