@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-__all__ = ["device_record", "library_versions"]
+__all__ = ["device_record", "library_versions", "parse_cpuinfo"]
 
 # /proc/cpuinfo flag -> what we call it. x86 VNNI and ARM dot-product are what make int8 fast.
 _FEATURES = {
@@ -30,19 +30,40 @@ _LIBRARIES = (
 )
 
 
+# ARM /proc/cpuinfo has no model name, only the implementer:part code (Arm Ltd = 0x41).
+_ARM_PARTS = {
+    "0xd03": "Cortex-A53 (Raspberry Pi 3)",
+    "0xd08": "Cortex-A72 (Raspberry Pi 4)",
+    "0xd0b": "Cortex-A76 (Raspberry Pi 5)",
+    "0xd05": "Cortex-A55",
+    "0xd0c": "Neoverse-N1",
+    "0xd40": "Neoverse-V1",
+    "0xd4f": "Neoverse-V2",
+}
+
+
 def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return model, flags
+        return platform.processor() or platform.machine(), set()
+    return parse_cpuinfo(text)
+
+
+def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
+    """(CPU model, feature flags) from the text of /proc/cpuinfo."""
+    model, flags, part, named = platform.processor() or platform.machine(), set(), None, False
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
         if key in ("model name", "hardware", "cpu model") and value.strip():
-            model = value.strip()
+            model, named = value.strip(), True
         elif key in ("flags", "features"):
             flags.update(value.split())
+        elif key == "cpu part" and part is None:
+            part = value.strip().lower()
+    if not named and part:
+        model = f"Arm {_ARM_PARTS.get(part, f'CPU part {part}')}"
     return model, flags
 
 
@@ -74,5 +95,7 @@ def device_record() -> dict[str, Any]:
     pi = Path("/proc/device-tree/model")
     if pi.is_file():
         record["board"] = pi.read_text(errors="replace").strip("\x00\n ")
+    if os.environ.get("QEMU_CPU"):  # under qemu-user (benchmarks/raspberry-pi): timings mean nothing
+        record["emulated"] = f"qemu-user, QEMU_CPU={os.environ['QEMU_CPU']}"
     record["fast_int8"] = bool({"avx512_vnni", "avx_vnni", "amx_int8", "dotprod"} & set(record["features"]))
     return record

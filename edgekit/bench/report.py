@@ -93,6 +93,8 @@ def _markdown(result: dict, verdict: dict | None, plots: list[str]) -> str:
         f"features {', '.join(d.get('features') or []) or 'none'}, {d.get('os')}, Python {d.get('python')}"
         + (f", board {d['board']}" if d.get("board") else "") + ".",
         "",
+        *([f"**EMULATED ({d['emulated']}): latency, throughput and cold start here say nothing about a real device.**",
+           ""] if d.get("emulated") else []),
         "| artifact | kind | format | precision | backend | size MB | accuracy | macro-F1 | agreement | ECE "
         "| threads | batch | p50 ms | p95 ms | p99 ms | texts/s | cold start ms | peak RSS MB "
         "| threshold | cloud % | cloud calls /1k | cascade acc | cascade acc @10% cloud |",
