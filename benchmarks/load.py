@@ -11,13 +11,11 @@ The library function is :func:`edgekit.bench.load.run_load`.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import click
 
-from edgekit.errors import EdgekitError
+from edgekit.cli import run_command
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,25 +75,7 @@ def command(
 
 def main(argv: list[str] | None = None) -> None:
     """One-line ``Error: ...`` (plus a hint) and the error's exit code; a traceback with --debug."""
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or bool(os.environ.get("EDGEKIT_DEBUG"))
-    try:
-        command.main(args=args, prog_name="benchmarks/load.py", standalone_mode=False)
-    except EdgekitError as exc:
-        if debug:
-            raise
-        click.echo(f"Error: {exc.message}", err=True)
-        if exc.hint:
-            click.echo(f"Hint: {exc.hint}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.Abort, KeyboardInterrupt):
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+    run_command(command, argv, prog_name="benchmarks/load.py")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import click
 from edgekit import __version__
 from edgekit.errors import EdgekitError
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "run_command"]
 
 # name -> "module:attribute" under edgekit.cli
 _COMMANDS = {
@@ -53,12 +53,13 @@ def cli(verbose: int, debug: bool) -> None:
     setup_logging(verbose)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors with a hint and the error's exit code; tracebacks with --debug."""
+def run_command(command: click.Command, argv: list[str] | None = None, prog_name: str = "edgekit") -> None:
+    """Run a click command the edgekit way: one-line errors with a hint and the error's exit code,
+    tracebacks with --debug (also used by the scripts in benchmarks/)."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or bool(os.environ.get("EDGEKIT_DEBUG"))
     try:
-        cli.main(args=args, prog_name="edgekit", standalone_mode=False)
+        command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except EdgekitError as exc:
         if debug:
             raise
@@ -77,3 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``edgekit`` entry point."""
+    run_command(cli, argv)
