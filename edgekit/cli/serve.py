@@ -38,6 +38,8 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Serve Prometheus metrics over HTTP on this port (0: any free port)."),
         click.option("--grace-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
                      help="On SIGTERM/Ctrl-C, how long in-flight requests may still run."),
+        click.option("--max-workers", type=click.IntRange(min=1), default=16, show_default=True,
+                     help="gRPC worker threads: requests served at once (size it for the concurrent clients)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -54,12 +56,14 @@ def _serve(
     port: int,
     metrics_port: int | None,
     grace_s: float,
+    max_workers: int,
 ) -> None:
     """Start the server (it owns model and cloud from here on), print the ready line, serve until a signal."""
     from edgekit.runtime.server import build_server
 
     server = build_server(
-        model, host=host, port=port, cloud=cloud, cascade=cascade, batching=batching, metrics_port=metrics_port
+        model, host=host, port=port, cloud=cloud, cascade=cascade, batching=batching, metrics_port=metrics_port,
+        max_workers=max_workers,
     )
     server.install_signal_handlers(grace_s)  # before the ready line: a script may SIGTERM right after it
     info = server.dataplane.model_info()
@@ -124,6 +128,7 @@ def command(
     max_wait_ms: float,
     metrics_port: int | None,
     grace_s: float,
+    max_workers: int,
 ) -> None:
     """Serve an edge BUNDLE over gRPC (edgekit.v1 and KServe/Triton v2), falling back to a cloud model."""
     from edgekit.cli._deps import require
@@ -145,7 +150,7 @@ def command(
         raise
     _serve(
         model, cloud=cloud, cascade=cascade, batching=batching,
-        host=host, port=port, metrics_port=metrics_port, grace_s=grace_s,
+        host=host, port=port, metrics_port=metrics_port, grace_s=grace_s, max_workers=max_workers,
     )
 
 
@@ -164,6 +169,7 @@ def cloud_command(
     max_wait_ms: float,
     metrics_port: int | None,
     grace_s: float,
+    max_workers: int,
 ) -> None:
     """Serve the fine-tuned torch model in MODEL_DIR as the cloud model (it answers every text itself)."""
     from edgekit.cli._deps import require
@@ -178,5 +184,5 @@ def cloud_command(
     model = load_torch_model(model_dir, device=device)
     _serve(
         model, cloud=None, cascade=CascadeSettings(), batching=batching,
-        host=host, port=port, metrics_port=metrics_port, grace_s=grace_s,
+        host=host, port=port, metrics_port=metrics_port, grace_s=grace_s, max_workers=max_workers,
     )

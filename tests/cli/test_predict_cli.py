@@ -108,6 +108,7 @@ def test_serve_prints_the_real_port_and_stops_on_sigterm(tmp_path, fake_bundle_l
     build = server_module.build_server
 
     def recording_build(*args, **kwargs):
+        assert kwargs["max_workers"] == 4
         started.append(build(*args, **kwargs))
         return started[-1]
 
@@ -125,7 +126,8 @@ def test_serve_prints_the_real_port_and_stops_on_sigterm(tmp_path, fake_bundle_l
     stopper.start()
     try:
         result = CliRunner().invoke(
-            serve.command, [str(tmp_path), "--port", "0", "--backend", "onnxruntime", "--threads", "2"]
+            serve.command, [str(tmp_path), "--port", "0", "--backend", "onnxruntime", "--threads", "2",
+                            "--max-workers", "4"]
         )
     finally:
         stopper.join(5)
