@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 REFERENCE_NAME = "reference.json"  # the teacher's answers, for runs without the teacher (a Pi)
 CLOUD_BUDGET = 0.10  # the cascade point the results also report: at most 10% cloud calls
+# Accuracy is computed in batches of this size, as the converter evaluates (converters/measure.py):
+# dynamic int8 quantizes activations per call over the whole padded batch, so an int8 model's
+# answers depend a little on which texts share a call; the same batches give the same figures.
+EVAL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,7 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
         model = s.load(config.threads[0])
         first_models[s.artifact] = model
         s.backend = s.backend or getattr(model, "info").backend
-        logits = np.concatenate([model.logits(texts[i : i + 32]) for i in range(0, len(texts), 32)])
+        logits = np.concatenate([model.logits(texts[i : i + EVAL_BATCH]) for i in range(0, len(texts), EVAL_BATCH)])
         probs = softmax(logits, s.temperature)
         measured.append(_Measured(s, probs.argmax(-1), probs))
     teacher = next((m for m in measured if m.subject.kind == "teacher"), None)
