@@ -21,7 +21,14 @@ MIN_VALIDATION = 20  # fewer texts cannot place a threshold meaningfully
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising validation NLL (torch's LBFGS on log T)."""
+    """The temperature minimising validation NLL (torch's LBFGS on log T).
+
+    When the model is right on every validation text the NLL has no minimum (it falls as T -> 0,
+    which would squash every score to 1.0 and leave the threshold nothing to rank): there is no
+    evidence to calibrate on, so the temperature stays 1.
+    """
+    if len(y) and bool((np.asarray(logits).argmax(-1) == np.asarray(y)).all()):
+        return 1.0
     import torch
 
     z = torch.as_tensor(logits, dtype=torch.float64)

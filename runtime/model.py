@@ -61,11 +61,12 @@ class BundleModel:
         if not texts:
             return np.zeros((0, len(self.manifest.labels)), np.float32)
         step = self.backend.max_batch or len(texts)
+        chunks = [texts[start : start + step] for start in range(0, len(texts), step)]
+        # Tokenize outside the lock (the Rust tokenizer is thread-safe); only the engine call is serialised.
+        encoded = [self.tokenizer.encode(chunk, pad_to=self._pad_length(chunk)) for chunk in chunks]
         out = []
         with self._lock:
-            for start in range(0, len(texts), step):
-                chunk = texts[start : start + step]
-                ids, mask = self.tokenizer.encode(chunk, pad_to=self._pad_length(chunk))
+            for ids, mask in encoded:
                 out.append(np.asarray(self.backend.run(ids, mask), dtype=np.float32))
         logits = np.concatenate(out)
         if logits.shape != (len(texts), len(self.manifest.labels)):
