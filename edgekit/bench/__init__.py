@@ -2,6 +2,7 @@
 edge + cloud cascade, side by side with the teacher and an Optimum baseline, in one run.
 
 Runs with only the ``runtime`` extra (a Raspberry Pi, a kiosk): the teacher and the Optimum
-baseline rows need the ``convert`` extra and are left out, with a note, without it.
+baseline rows (``--teacher``) need the ``convert`` extra, and asking for them without it is an
+error; ``--reference`` (the teacher's answers from an x86 run) gives agreement and cascade there.
 Nothing is imported here.
 """

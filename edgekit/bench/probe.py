@@ -1,6 +1,6 @@
 """Cold start and peak memory of one artifact, measured in a fresh process.
 
-``python -m edgekit.bench.probe KIND PATH TEXT [--threads N] [--max-length L]`` prints one JSON
+``python -m edgekit.bench.probe [--threads N] [--max-length L] [--backend B] -- KIND PATH TEXT`` prints one JSON
 line: ``import_ms`` (the engine's libraries), ``load_ms``, ``first_ms`` (first answer),
 ``cold_start_ms`` (all three: what a kiosk waits after boot) and ``peak_rss_mb``
 (the process's high-water mark, interpreter and libraries included: what the device must hold).
@@ -42,6 +42,7 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("text")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--backend", default="auto")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.kind == "teacher":
@@ -57,7 +58,7 @@ def _main(argv: list[str] | None = None) -> None:
         from edgekit.runtime.model import load_bundle_model
 
         imported = time.perf_counter()
-        model = load_bundle_model(args.path, threads=args.threads)
+        model = load_bundle_model(args.path, args.backend, threads=args.threads)
     loaded = time.perf_counter()
     model.logits([args.text])
     done = time.perf_counter()
@@ -71,13 +72,14 @@ def _main(argv: list[str] | None = None) -> None:
 
 
 def probe(kind: str, path: Path, text: str, *, threads: int | None = None, max_length: int = 128,
-          timeout_s: float = 600.0) -> dict[str, float]:
-    """Run the probe in a new interpreter; ``{}`` (with a warning logged) if it fails."""
+          backend: str = "auto", timeout_s: float = 600.0) -> dict[str, float]:
+    """Run the probe in a new interpreter (bundles on ``backend``); ``{}`` (with a warning logged) if it fails."""
     import logging
 
-    cmd = [sys.executable, "-m", "edgekit.bench.probe", kind, str(path), text, "--max-length", str(max_length)]
+    cmd = [sys.executable, "-m", "edgekit.bench.probe", "--max-length", str(max_length), "--backend", backend]
     if threads:
         cmd += ["--threads", str(threads)]
+    cmd += ["--", kind, str(path), text]  # "--": a text may start with "-"
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:

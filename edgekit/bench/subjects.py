@@ -6,6 +6,7 @@ count, so the suite times them all through the same call (tokenize + infer) side
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 import shutil
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import ConfigError, ManifestError, MissingDependencyError
-from edgekit.manifest import MANIFEST_NAME, Manifest
+from edgekit.manifest import MANIFEST_NAME, Manifest, sha256_file
 
 __all__ = ["Subject", "bundle_subjects", "optimum_baseline", "teacher_subject"]
 
@@ -93,9 +94,21 @@ class _ThreadedTorch:
         self._model.close()
 
 
-def _weights_size(model_dir: Path) -> int:
+def _weight_files(model_dir: Path) -> list[Path]:
     files = [p for pattern in ("*.safetensors", "*.bin") for p in model_dir.glob(pattern)]
-    return sum(p.stat().st_size for p in files if p.name != "training_args.bin")
+    return sorted(p for p in files if p.name != "training_args.bin")
+
+
+def _weights_size(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in _weight_files(model_dir))
+
+
+def _weights_sha256(model_dir: Path) -> str:
+    """The weights' sha256 (one file), or a sha256 over every weight file's (sharded or .bin teachers)."""
+    files = _weight_files(model_dir) or [model_dir / "config.json"]
+    if len(files) == 1:
+        return sha256_file(files[0])
+    return hashlib.sha256("".join(f"{p.name} {sha256_file(p)}\n" for p in files).encode()).hexdigest()
 
 
 def teacher_subject(model_dir: Path, max_length: int) -> Subject:
@@ -133,10 +146,8 @@ def optimum_baseline(model_dir: Path, out_dir: Path, labels: list[str], max_leng
     runtime code as ours. Built once into ``out_dir/optimum-baseline`` and reused while the
     teacher is unchanged.
     """
-    from edgekit.manifest import sha256_file
-
     target = Path(out_dir) / BASELINE_NAME
-    teacher_hash = sha256_file(next(iter(sorted(Path(model_dir).glob("*.safetensors"))), Path(model_dir) / "config.json"))
+    teacher_hash = _weights_sha256(Path(model_dir))
     if (target / MANIFEST_NAME).is_file():
         try:
             manifest = Manifest.load(target)

@@ -110,7 +110,20 @@ def _teacher_reference(config: BenchConfig, test_sha: str, labels: list[str]) ->
     if ref.get("test_sha256") != test_sha:
         raise DataError(f"{config.reference} was made on another test file than {config.test}")
     index = {label: i for i, label in enumerate(labels)}
-    return np.array([index[label] for label in ref["teacher_labels"]])
+    answers = ref.get("teacher_labels") or []
+    unknown = sorted(set(answers) - set(index))
+    if unknown:
+        raise DataError(f"{config.reference}: teacher labels {', '.join(map(repr, unknown[:5]))} are not among the "
+                        "bundles' labels (a reference of another model?)")
+    return np.array([index[label] for label in answers])
+
+
+def latency_sample(texts: list[str], n: int) -> list[str]:
+    """``n`` texts spread evenly over the test set: test files are often sorted by label
+    (banking77's first 200 texts cover 5 of its 77 intents), and text length varies by intent."""
+    if n >= len(texts):
+        return list(texts)
+    return [texts[(i * len(texts)) // n] for i in range(n)]
 
 
 def _interleaved_latency(measured: list[_Measured], models: dict, texts: list[str], threads: int, batch: int,
@@ -165,23 +178,35 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
     if unknown:
         raise DataError(f"{config.test}: labels {', '.join(map(repr, unknown[:5]))} are not among the bundles' labels")
     y = np.array([index[label] for label in data.labels])
-    latency_texts = texts[: config.latency_texts]
-    config.out.mkdir(parents=True, exist_ok=True)
+    teacher_ref = _teacher_reference(config, test_sha, labels)  # checked before any measuring
+    if teacher_ref is not None and len(teacher_ref) != len(texts):
+        raise DataError(f"{config.reference} holds {len(teacher_ref)} answers for {len(texts)} test texts")
+    latency_texts = latency_sample(texts, config.latency_texts)
+    try:
+        config.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {config.out}: cannot create the results directory ({exc.strerror or exc})") from exc
 
     # -- accuracy (and the first thread count's models, reused for latency) ----------------------
     echo(f"bench: {len(subjects)} artifacts, {len(texts)} test texts, latency on {len(latency_texts)} texts "
          f"at threads {list(config.threads)} x batch {list(config.batch)}")
     measured: list[_Measured] = []
     first_models = {}
-    for s in subjects:
-        model = s.load(config.threads[0])
-        first_models[s.artifact] = model
-        s.backend = s.backend or getattr(model, "info").backend
-        logits = np.concatenate([model.logits(texts[i : i + EVAL_BATCH]) for i in range(0, len(texts), EVAL_BATCH)])
-        probs = softmax(logits, s.temperature)
-        measured.append(_Measured(s, probs.argmax(-1), probs))
+    try:
+        for s in subjects:  # load every subject first: a bundle that cannot load fails before minutes of measuring
+            first_models[s.artifact] = s.load(config.threads[0])
+            s.backend = s.backend or getattr(first_models[s.artifact], "info").backend
+        for s in subjects:
+            model = first_models[s.artifact]
+            logits = np.concatenate([model.logits(texts[i : i + EVAL_BATCH]) for i in range(0, len(texts), EVAL_BATCH)])
+            probs = softmax(logits, s.temperature)
+            measured.append(_Measured(s, probs.argmax(-1), probs))
+    except BaseException:
+        for model in first_models.values():
+            model.close()
+        raise
     teacher = next((m for m in measured if m.subject.kind == "teacher"), None)
-    teacher_pred = teacher.pred if teacher is not None else _teacher_reference(config, test_sha, labels)
+    teacher_pred = teacher.pred if teacher is not None else teacher_ref
     if teacher_pred is None:
         notes.append("No teacher answers (--teacher or --reference): agreement and cascade columns are empty.")
     for m in measured:
@@ -216,7 +241,10 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
 
         for m in measured:
             kind = "teacher" if m.subject.kind == "teacher" else "edgekit"
-            m.probe = probe(kind, m.subject.path, texts[0], threads=config.threads[0], max_length=max_length)
+            # the engine the latency rows used (a bundle's default, or --backend)
+            backend = m.subject.backend if kind == "edgekit" else "auto"
+            m.probe = probe(kind, m.subject.path, texts[0], threads=config.threads[0], max_length=max_length,
+                            backend=backend)
 
     result = _result(config, measured, teacher_pred is not None, test_sha, len(texts), len(latency_texts), notes)
     if teacher is not None:
@@ -225,7 +253,7 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
     return result
 
 
-def _row(m: _Measured, threads: int, batch: int, times: list[float]) -> dict:
+def _row(m: _Measured, threads: int, batch: int, times: list[float], n_texts: int) -> dict:
     s = m.subject
     arr = np.asarray(times)
     row = {
@@ -244,7 +272,8 @@ def _row(m: _Measured, threads: int, batch: int, times: list[float]) -> dict:
         "latency_ms_p50": float(np.percentile(arr, 50)),
         "latency_ms_p95": float(np.percentile(arr, 95)),
         "latency_ms_p99": float(np.percentile(arr, 99)),
-        "throughput_per_s": float(batch * len(arr) / (arr.sum() / 1000)),
+        # every call list covers the n_texts timed texts once (the last batch may be short)
+        "throughput_per_s": float(n_texts / (arr.sum() / 1000)),
         "calls": len(arr),
         "cold_start_ms": m.probe.get("cold_start_ms"),
         "load_ms": m.probe.get("load_ms"),
@@ -269,7 +298,7 @@ def _result(config: BenchConfig, measured: list[_Measured], has_teacher: bool, t
     from edgekit.device import device_record, library_versions
 
     rows = [
-        _row(m, threads, batch, m.latency[(threads, batch)])
+        _row(m, threads, batch, m.latency[(threads, batch)], n_latency)
         for threads in config.threads
         for batch in config.batch
         for m in measured

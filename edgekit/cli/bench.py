@@ -44,7 +44,7 @@ def command(bundles: Path, test: Path, out: Path, teacher: Path | None, referenc
             threads: str, batch: str, latency_texts: int, backend: str, no_probe: bool, text_field: str,
             label_field: str, no_progress: bool) -> None:
     """Benchmark BUNDLES (one bundle or an `edgekit convert --out` directory) on the test set."""
-    from edgekit.bench.report import write_results
+    from edgekit.bench.report import drop_words, write_results
     from edgekit.bench.suite import BenchConfig, run_bench
 
     if teacher is not None:
@@ -62,7 +62,8 @@ def command(bundles: Path, test: Path, out: Path, teacher: Path | None, referenc
     )
     result = run_bench(config, echo=click.echo)
     verdict = write_results(result, out)
-    rows = [r for r in result["rows"] if r["threads"] == config.threads[0] and r["batch"] == config.batch[0]]
+    # the setting of the targets' verdict: the smallest thread count and batch
+    rows = [r for r in result["rows"] if r["threads"] == min(config.threads) and r["batch"] == min(config.batch)]
     for r in rows:
         cascade = "" if r.get("cascade_accuracy") is None else (
             f"  cascade {r['cascade_accuracy']:.4f} at {r['cloud_rate'] * 100:.1f}% cloud")
@@ -73,5 +74,5 @@ def command(bundles: Path, test: Path, out: Path, teacher: Path | None, referenc
                    + (f", {verdict['speedup_vs_baseline']:.1f}x faster than the Optimum baseline"
                       if verdict.get("speedup_vs_baseline") is not None else "")
                    + f", 1/{1 / verdict['size_fraction_of_teacher']:.0f} of its size, "
-                   f"{verdict['accuracy_drop_points']:.2f} points below it")
+                   f"{drop_words(verdict['accuracy_drop_points'])} it")
     click.echo(f"results written to {out / 'results.md'} and {out / 'results.json'}")

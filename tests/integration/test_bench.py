@@ -114,6 +114,29 @@ def test_reference_from_another_test_file_is_refused(benched, converted, small_s
                               reference=out / "reference.json", probe=False, progress=False), echo=lambda s: None)
 
 
+def test_reference_of_another_model_is_refused(benched, converted, small_splits, tmp_path):
+    from edgekit.bench.suite import BenchConfig, run_bench
+    from edgekit.errors import DataError
+
+    out, _ = benched
+    ref = json.loads((out / "reference.json").read_text())
+    ref["teacher_labels"][0] = "no_such_intent"
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    with pytest.raises(DataError, match="no_such_intent"):
+        run_bench(BenchConfig(bundles=converted.out / "onnx-int8", test=small_splits["test"], out=tmp_path / "o",
+                              reference=tmp_path / "ref.json", probe=False, progress=False), echo=lambda s: None)
+    assert not (tmp_path / "o").exists()
+
+
+def test_probe_takes_any_text_and_the_backend(converted):
+    """A first test text starting with '-' once made the probe's argument parser fail (empty columns)."""
+    from edgekit.bench.probe import probe
+
+    got = probe("edgekit", converted.out / "onnx-fp32", "-5 euros refund?", threads=1, max_length=32, backend="openvino")
+    assert got["cold_start_ms"] > 0 and got["peak_rss_mb"] > 10
+    assert probe("edgekit", converted.out / "onnx-fp32", "hello", backend="tflite") == {}  # cannot run ONNX: failure, logged
+
+
 def test_cli_runs_and_refuses_bad_input(converted, small_splits, tmp_path):
     from click.testing import CliRunner
 
@@ -126,8 +149,11 @@ def test_cli_runs_and_refuses_bad_input(converted, small_splits, tmp_path):
     assert "tflite-int8" in ok.output and (tmp_path / "r" / "results.json").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
-    for args, message in ((["--threads", "0"], "--threads"), ([], "holds no bundle")):
-        target = converted.out if args else empty
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    cases = ((converted.out, ["--threads", "0"], "--threads"), (empty, [], "holds no bundle"),
+             (converted.out / "onnx-int8", ["--out", str(a_file / "r")], "cannot create the results directory"))
+    for target, args, message in cases:
         done = subprocess.run([sys.executable, "-m", "edgekit", "bench", str(target), "--test", str(small_splits["test"]),
                                "--out", str(tmp_path / "x"), *args], capture_output=True, text=True, timeout=120)
         assert done.returncode != 0
