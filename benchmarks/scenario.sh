@@ -6,7 +6,9 @@
 #   3. `edgekit bench` of the teacher (torch fp32), the Optimum baseline (the teacher exported by optimum and
 #      quantized to dynamic int8) and every bundle, interleaved in one run: OUT_DIR/results.{json,md} + plots.
 # usage: benchmarks/scenario.sh DATASET OUT_DIR        (bitext.sh and banking77.sh call this)
-# env:   FT_EPOCHS, MAX_LENGTH (fine-tuning), DISTILL_EPOCHS (default 4, early stopping), THREADS (default 1,2), BATCH (default 1,8), EDGEKIT_DATA
+# env:   FT_EPOCHS, MAX_LENGTH (fine-tuning), DISTILL_EPOCHS (default 4, early stopping), AUGMENT (default 1;
+#        0 = no perturbed copies in the transfer set: half the teacher scoring and distillation time),
+#        THREADS (default 1,2), BATCH (default 1,8), EDGEKIT_DATA
 # The conversion runs with --allow-accuracy-drop so that a bundle below the 1-point gate is still
 # benchmarked: results.md then says by how much each target is missed instead of the script stopping.
 set -euo pipefail
@@ -42,7 +44,8 @@ else
   step "convert: 3-layer MiniLM student → ONNX, OpenVINO, TFLite"
   "$EK" convert "$TEACHER" --train "$DATA/train.jsonl" --validation "$DATA/validation.jsonl" \
     --test "$DATA/test.jsonl" --targets onnx,openvino,tflite --student minilm-l6 --student-layers 3 \
-    --epochs "${DISTILL_EPOCHS:-4}" --allow-accuracy-drop --out "$OUT/bundles"
+    --epochs "${DISTILL_EPOCHS:-4}" "$([ "${AUGMENT:-1}" = 0 ] && echo --no-augment || echo --augment)" \
+    --allow-accuracy-drop --out "$OUT/bundles"
 fi
 
 step "bench: teacher, Optimum baseline and every bundle, side by side"
