@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.bench.subjects import Subject, bundle_subjects, optimum_baseline, teacher_subject
+from edgekit.converters.measure import batched_logits  # numpy only: no convert extra needed
 from edgekit.data import load_dataset
 from edgekit.errors import ConfigError, DataError
 from edgekit.manifest import sha256_file
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 
 REFERENCE_NAME = "reference.json"  # the teacher's answers, for runs without the teacher (a Pi)
 CLOUD_BUDGET = 0.10  # the cascade point the results also report: at most 10% cloud calls
-# Accuracy is computed in batches of this size, as the converter evaluates (converters/measure.py):
-# dynamic int8 quantizes activations per call over the whole padded batch, so an int8 model's
-# answers depend a little on which texts share a call; the same batches give the same figures.
-EVAL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,7 @@ def _subjects(config: BenchConfig, bundles: list[Subject], max_length: int, note
     return subjects + bundles
 
 
-def _teacher_reference(config: BenchConfig, test_sha: str, labels: list[str]) -> np.ndarray | None:
+def _teacher_reference(config: BenchConfig, test_sha: str, labels: list[str], n_texts: int) -> np.ndarray | None:
     if config.reference is None:
         return None
     try:
@@ -111,6 +108,8 @@ def _teacher_reference(config: BenchConfig, test_sha: str, labels: list[str]) ->
         raise DataError(f"{config.reference} was made on another test file than {config.test}")
     index = {label: i for i, label in enumerate(labels)}
     answers = ref.get("teacher_labels") or []
+    if len(answers) != n_texts:
+        raise DataError(f"{config.reference} holds {len(answers)} answers for {n_texts} test texts")
     unknown = sorted(set(answers) - set(index))
     if unknown:
         raise DataError(f"{config.reference}: teacher labels {', '.join(map(repr, unknown[:5]))} are not among the "
@@ -178,9 +177,7 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
     if unknown:
         raise DataError(f"{config.test}: labels {', '.join(map(repr, unknown[:5]))} are not among the bundles' labels")
     y = np.array([index[label] for label in data.labels])
-    teacher_ref = _teacher_reference(config, test_sha, labels)  # checked before any measuring
-    if teacher_ref is not None and len(teacher_ref) != len(texts):
-        raise DataError(f"{config.reference} holds {len(teacher_ref)} answers for {len(texts)} test texts")
+    teacher_ref = _teacher_reference(config, test_sha, labels, len(texts))  # checked before any measuring
     latency_texts = latency_sample(texts, config.latency_texts)
     try:
         config.out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +195,9 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
             s.backend = s.backend or getattr(first_models[s.artifact], "info").backend
         for s in subjects:
             model = first_models[s.artifact]
-            logits = np.concatenate([model.logits(texts[i : i + EVAL_BATCH]) for i in range(0, len(texts), EVAL_BATCH)])
+            # the converter's own batches: dynamic int8 quantizes activations per call over the padded
+            # batch, so an int8 model's answers depend a little on which texts share a call
+            logits = batched_logits(model, texts)
             probs = softmax(logits, s.temperature)
             measured.append(_Measured(s, probs.argmax(-1), probs))
     except BaseException:
