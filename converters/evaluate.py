@@ -13,17 +13,23 @@ from edgekit.metrics import classification_metrics
 __all__ = ["evaluate_model_dir", "label_ids", "load_classifier_dir"]
 
 
-def load_classifier_dir(model_dir: Path):
-    """Load (model, tokenizer, labels) from a fine-tuned HF directory with labels in config.json."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_classifier_dir(model_dir: Path, *, attn_implementation: str | None = None):
+    """Load (model, tokenizer, labels) from a fine-tuned classifier directory with labels in config.json.
+
+    An edgekit directory (mean or [CLS] pooling, see :mod:`edgekit.converters.classifier`) or a
+    Hugging Face ``*ForSequenceClassification`` one.
+    """
+    from transformers import AutoTokenizer
+
+    from edgekit.converters.classifier import load_classifier
 
     if not (Path(model_dir) / "config.json").is_file():
         raise ModelError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
+    model = load_classifier(Path(model_dir), attn_implementation=attn_implementation)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load the classifier in {model_dir}: {exc}") from exc
+        raise ModelError(f"cannot load the tokenizer in {model_dir}: {exc}") from exc
     id2label = model.config.id2label
     labels = [id2label[i] for i in range(model.config.num_labels)]
     if any(label.startswith("LABEL_") for label in labels):

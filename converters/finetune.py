@@ -12,13 +12,15 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from edgekit.data import load_splits
 from edgekit.errors import ModelError
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "TRAINING_RECORD"]
+__all__ = ["TRAINING_RECORD", "FinetuneConfig", "FinetuneResult", "finetune", "warm_start_head"]
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,15 @@ class FinetuneConfig:
     epochs: int = 6
     batch_size: int = 32
     learning_rate: float = 1e-4
+    head_learning_rate: float | None = None  # None: 5x learning_rate (the head starts from a probe)
+    pooling: str | None = None  # None: the pooling the base was trained with (mean for sentence-transformers)
+    probe_init: bool = True  # start the head from a linear probe on the frozen base
     max_length: int = 64
     seed: int = 0
     patience: int = 2
     text_field: str = "text"
     label_field: str = "label"
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,35 +53,40 @@ class FinetuneResult:
     validation_accuracy: float
     labels: list[str]
     best_epoch: int
+    probe_accuracy: float | None = None  # the frozen base + linear probe, on validation
 
 
-def _load_classifier(base_dir: Path, labels: list[str]):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+def _load_base(base_dir: Path, labels: list[str], pooling: str | None):
+    from transformers import AutoTokenizer
 
-    hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is the point here
+    from edgekit.converters.classifier import PooledClassifier, base_pooling, load_encoder
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_dir, use_fast=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_dir,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            ignore_mismatched_sizes=True,
-        )
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load a sequence classifier from {base_dir}: {exc}") from exc
+        raise ModelError(f"cannot load a tokenizer from {base_dir}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"{base_dir}: edgekit needs a fast tokenizer (tokenizer.json)")
+    model = PooledClassifier(load_encoder(base_dir), labels, pooling or base_pooling(base_dir))
     return model, tokenizer
+
+
+def warm_start_head(model, tokenizer, train_texts, y_train, val_texts, y_val, *, max_length: int) -> float:
+    """Fit a linear probe on the frozen encoder and load it into the head; returns its validation accuracy."""
+    from edgekit.converters.probe import fit_probe, pooled_features
+
+    x_train = pooled_features(model, tokenizer, train_texts, max_length=max_length)
+    probe = fit_probe(x_train, np.asarray(y_train), model.config.num_labels, scale=0.5)
+    model.classifier = probe.to_linear()
+    x_val = pooled_features(model, tokenizer, val_texts, max_length=max_length)
+    return probe.accuracy(x_val, np.asarray(y_val))
 
 
 def finetune(config: FinetuneConfig) -> FinetuneResult:
     import torch
 
     from edgekit.converters.pretrained import resolve_base
-    from edgekit.converters.training import TrainConfig, encode, predict_logits, seed_everything, train
+    from edgekit.converters.training import TrainConfig, encode, predict_logits, seed_everything, token_lengths, train
 
     train_ds, val_ds, _ = load_splits(
         config.train, config.validation, text_field=config.text_field, label_field=config.label_field
@@ -86,7 +95,14 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     label2id = {label: i for i, label in enumerate(labels)}
     base_dir = resolve_base(config.base)
     seed_everything(config.seed)
-    model, tokenizer = _load_classifier(base_dir, labels)
+    model, tokenizer = _load_base(base_dir, labels, config.pooling)
+    y_train = [label2id[y] for y in train_ds.labels]
+    y_val = np.array([label2id[label] for label in val_ds.labels])
+    probe_accuracy = None
+    if config.probe_init:
+        probe_accuracy = warm_start_head(model, tokenizer, train_ds.texts, y_train, val_ds.texts, y_val,
+                                         max_length=config.max_length)
+        log.info("linear probe on the frozen base: validation accuracy %.4f", probe_accuracy)
 
     def collate(items: list[tuple[str, int]]) -> dict:
         batch = encode(tokenizer, [t for t, _ in items], config.max_length)
@@ -96,13 +112,11 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     def loss_fn(m, batch: dict):
         return m(**batch).loss
 
-    y_val = [label2id[label] for label in val_ds.labels]
-
     def evaluate(m) -> float:
         logits = predict_logits(m, tokenizer, val_ds.texts, max_length=config.max_length)
         return float((logits.argmax(-1) == y_val).mean())
 
-    examples = [(t, label2id[y]) for t, y in zip(train_ds.texts, train_ds.labels)]
+    examples = list(zip(train_ds.texts, y_train))
     result = train(
         model,
         examples,
@@ -113,17 +127,21 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             epochs=config.epochs,
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
+            head_learning_rate=config.head_learning_rate or 5 * config.learning_rate,
             patience=config.patience,
             seed=config.seed,
             progress=config.progress,
         ),
+        lengths=token_lengths(tokenizer, train_ds.texts, config.max_length),
         description="finetune",
     )
 
     record = {
         "base": str(config.base or "minilm-l6"),
         "base_dir": str(base_dir),
+        "pooling": model.pooling,
         "labels": labels,
+        "probe_validation_accuracy": probe_accuracy,
         "validation_accuracy": result.best_score,
         "best_epoch": result.best_epoch,
         "history": result.history,
@@ -133,7 +151,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     }
     out = Path(config.out)
     _write_model_dir(model, tokenizer, record, out)
-    return FinetuneResult(out, result.best_score, labels, result.best_epoch)
+    return FinetuneResult(out, result.best_score, labels, result.best_epoch, probe_accuracy)
 
 
 def _write_model_dir(model, tokenizer, record: dict, out: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,11 +18,21 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-__all__ = ["TrainConfig", "TrainResult", "encode", "predict_logits", "seed_everything", "train"]
+__all__ = [
+    "LengthBucketSampler",
+    "TrainConfig",
+    "TrainResult",
+    "encode",
+    "epochs_for",
+    "predict_logits",
+    "seed_everything",
+    "token_lengths",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +42,9 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 32
     learning_rate: float = 1e-4
+    head_learning_rate: float | None = None  # parameters named "classifier.*" (None: learning_rate)
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = 0.06
     patience: int = 2  # epochs without validation improvement before stopping
     seed: int = 0
     progress: bool = True
@@ -40,6 +52,39 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be >= 1 and learning_rate > 0")
+
+
+def epochs_for(examples: int, batch_size: int, *, min_steps: int, min_epochs: int = 3, max_epochs: int = 30) -> int:
+    """Epochs that give at least ``min_steps`` optimizer steps (a small data set needs more passes)."""
+    steps_per_epoch = max(1, math.ceil(examples / batch_size))
+    return max(min_epochs, min(max_epochs, math.ceil(min_steps / steps_per_epoch)))
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of similar length: shuffle, sort by length within chunks of 50 batches, shuffle the batches.
+
+    Random batches pad ~17-token texts to the longest in the batch (~50 tokens on banking77): a
+    third of the compute is useful. Sorting within chunks keeps batches short while each epoch
+    still sees every text exactly once, in a new order (the chunks are re-drawn every epoch).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0, chunk_batches: int = 50) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.chunk = batch_size * chunk_batches
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.chunk):
+            chunk = sorted(order[start : start + self.chunk], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
 
 
 @dataclass
@@ -52,6 +97,10 @@ class TrainResult:
 def seed_everything(seed: int) -> None:
     set_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> list[int]:
+    return [min(len(ids), max_length) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
 
 
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -79,26 +128,36 @@ def train(
     evaluate: Callable[[torch.nn.Module], float],
     config: TrainConfig,
     *,
-    extra_parameters: Sequence[torch.nn.Parameter] = (),
+    lengths: Sequence[int] | None = None,
     description: str = "train",
 ) -> TrainResult:
     """Train ``model`` in place and leave it holding the weights of the best validation epoch.
 
     ``loss_fn(model, batch)`` returns the scalar loss; ``evaluate(model)`` returns the validation
-    score to maximise (e.g. accuracy). ``extra_parameters`` (e.g. a projection for hidden-state
-    alignment) are optimised too.
+    score to maximise (e.g. accuracy). With ``lengths`` (token count per example) batches are
+    drawn by :class:`LengthBucketSampler`; without, uniformly at random. Parameters whose name
+    starts with ``classifier.`` (the head) learn at ``head_learning_rate``.
     """
     seed_everything(config.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(list(dataset), batch_size=config.batch_size, shuffle=True, collate_fn=collate, generator=generator)
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
-    no_decay = {id(p) for n, p in model.named_parameters() if "bias" in n or "LayerNorm" in n or "norm" in n.lower()}
-    groups = [
-        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    if lengths is not None:
+        sampler = LengthBucketSampler(lengths, config.batch_size, seed=config.seed)
+        loader = DataLoader(list(dataset), batch_sampler=sampler, collate_fn=collate)
+    else:
+        generator = torch.Generator().manual_seed(config.seed)
+        loader = DataLoader(list(dataset), batch_size=config.batch_size, shuffle=True, collate_fn=collate,
+                            generator=generator)
+    head_lr = config.head_learning_rate or config.learning_rate
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            decay = not ("bias" in name or "norm" in name.lower())
+            head = name.split(".")[-2:-1] == ["classifier"] or name.startswith("classifier.")
+            groups.setdefault((head, decay), []).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": ps, "lr": head_lr if head else config.learning_rate,
+          "weight_decay": config.weight_decay if decay else 0.0} for (head, decay), ps in groups.items()]
+    )
     steps = config.epochs * max(1, len(loader))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)

@@ -23,12 +23,11 @@ def export_inputs_for(
     The tokenizer is the runtime's own (``tokenizer.json`` via the tokenizers package), so what
     the exporters calibrate on is token for token what the device will feed the model.
     """
-    from transformers import AutoModelForSequenceClassification
-
+    from edgekit.converters.classifier import load_classifier
     from edgekit.runtime.tokenize import TextTokenizer
 
     if model is None:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager")
+        model = load_classifier(Path(model_dir), attn_implementation="eager")
     model = model.eval().cpu()
     tokenizer_file = Path(model_dir) / "tokenizer.json"
     tokenizer = TextTokenizer(tokenizer_file, max_length)

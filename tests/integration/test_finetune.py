@@ -25,7 +25,7 @@ def _finetune(tiny_base, splits, out, seed=0):
 
 
 def test_finetune_writes_a_standard_model_dir(tmp_path, tiny_base, small_splits):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
     from edgekit.converters.evaluate import evaluate_model_dir
     from edgekit.data import load_dataset
@@ -36,7 +36,9 @@ def test_finetune_writes_a_standard_model_dir(tmp_path, tiny_base, small_splits)
     config = json.loads((out / "config.json").read_text())
     assert sorted(config["id2label"].values()) == sorted(set(load_dataset(small_splits["train"]).labels))
     AutoTokenizer.from_pretrained(out)
-    AutoModelForSequenceClassification.from_pretrained(out)
+    AutoModel.from_pretrained(out)  # the encoder is a standard HF directory; the head sits beside it
+    assert config["edgekit_pooling"] == "cls"  # the tiny base is a plain BertModel: no sentence-transformers pooling
+    assert (out / "edgekit_head.safetensors").is_file()
     record = json.loads((out / "edgekit_training.json").read_text())
     metrics = evaluate_model_dir(out, load_dataset(small_splits["test"]))
     # 6 balanced intents: chance is ~0.17; a trained tiny model clears it by far
@@ -54,6 +56,9 @@ def test_finetune_is_deterministic_under_seed(tmp_path, tiny_base, small_splits)
     b = load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all((a[k] == b[k]).all() for k in a)
+    head_a = load_file(tmp_path / "a" / "edgekit_head.safetensors")
+    head_b = load_file(tmp_path / "b" / "edgekit_head.safetensors")
+    assert all((head_a[k] == head_b[k]).all() for k in head_a)
 
 
 @pytest.mark.slow
