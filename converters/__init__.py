@@ -7,17 +7,26 @@ imported here: each step imports its heavy libraries when it runs.
 from __future__ import annotations
 
 import logging
+import os
 
 __all__ = ["quiet_third_party"]
 
 
-def quiet_third_party() -> None:
-    """Silence import-time warnings of torch/torchao that say nothing to an edgekit user.
+def quiet_third_party(verbose: bool | None = None) -> None:
+    """Silence third-party start-up lines and progress bars that say nothing to an edgekit user.
 
     transformers imports torchao whenever it is installed (litert-torch brings it), and torchao
     warns about CUDA kernels and deprecated pytree registrations through torch's own log
     handlers, which torch configures at import: so import torch first, then lower them.
+    TensorFlow's C++ start-up lines (oneDNN notices, CPU feature lines) obey TF_CPP_MIN_LOG_LEVEL,
+    absl's Python logging its verbosity, NNCF's rich progress bars the global rich console, and
+    ai-edge-quantizer's tqdm bars are switched off where the TFLite exporter imports it
+    (:func:`edgekit.converters.exporters.tflite.quiet_quantizer`). ``verbose`` (``-v``) keeps them all.
     """
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "3")
     import torch  # noqa: F401
 
     for name in ("torch.utils._pytree", "torchao", "torchao.kernel.intmm"):
@@ -26,5 +35,17 @@ def quiet_third_party() -> None:
         import nncf
 
         nncf.set_log_level(logging.WARNING)
+    except ImportError:
+        pass
+    try:  # NNCF draws its "Applying Weight Compression" bars on rich's global console
+        import rich
+
+        rich.get_console().quiet = True
+    except ImportError:
+        pass
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:
         pass

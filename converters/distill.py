@@ -1,13 +1,27 @@
 """Knowledge distillation: the cloud model (teacher) → a small student classifier.
 
-Student: the teacher's own architecture keeping every k-th layer (DistilBERT-style
-initialisation from the teacher's weights), or a given smaller pretrained encoder
-(``--student PATH``). Loss: KL on temperature-softened teacher logits + cross-entropy on the
-labels + alignment of the final [CLS] hidden state through a learned projection (it works
-across tokenizers: the first position is the classification token in both models).
-Transfer set: the training texts, a lightly perturbed copy of each, and optional unlabelled
-texts, all scored by the teacher once. Runs on :mod:`edgekit.converters.training`
-(Hugging Face Accelerate).
+The student starts as close to a classifier as it can (issue 10: a distilled student had ended
+16 points below the frozen encoder it started from):
+
+1. **Start.** Candidate encoders — a pre-trained small encoder (paraphrase-MiniLM-L3-v2), every
+   other layer of all-MiniLM-L6-v2, the teacher's own layers when the teacher is small — each
+   read with the pooling it was trained with (masked mean for sentence-transformers), are probed
+   frozen: a logistic-regression head fitted on the training texts, scored on validation. The
+   best start wins (``student="auto"``), and its probe becomes the student's first head.
+2. **Vocabulary** pruned to the domain corpus *before* training, so the optimizer never steps
+   30k unused embedding rows.
+3. **Schedule.** Enough optimizer steps for the data size (a small data set gets more epochs),
+   6% warm-up and linear decay, the head at a higher learning rate, length-bucketed batches,
+   early stopping on validation with the best epoch restored.
+4. **Loss.** ``alpha`` · KL(student ‖ teacher at temperature T) · T² + (1 − alpha) · cross-entropy
+   on the labels (labelled texts only). The teacher's logits are first divided by the temperature
+   that calibrates them on validation, so an under-confident teacher does not hand the student
+   nearly flat targets. Optional pooled hidden-state alignment through a learned projection
+   (``hidden_weight``, off by default).
+
+Transfer set: the training texts (labelled), perturbed copies of them and ``--unlabeled`` texts
+(both KD-only). Teacher outputs come from :mod:`edgekit.converters.teacher_cache`. Runs on
+:mod:`edgekit.converters.training` (Hugging Face Accelerate).
 """
 
 from __future__ import annotations
@@ -16,31 +30,51 @@ import copy
 import logging
 import random
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgekit.data import Dataset
 from edgekit.errors import ModelError
 
-__all__ = ["DistillConfig", "DistillResult", "augment", "distill", "student_from_teacher"]
+__all__ = [
+    "AUTO",
+    "Candidate",
+    "DistillConfig",
+    "DistillResult",
+    "StudentStart",
+    "augment",
+    "choose_start",
+    "distill",
+    "slice_encoder",
+    "student_candidates",
+]
 
 log = logging.getLogger(__name__)
+AUTO = "auto"
+TEACHER_LAYERS = "teacher-layers"
+# Largest hidden size for which the teacher's own layers are a student candidate: above it the
+# student would not be small (a 3-layer slice of a 768-wide teacher is 4x a MiniLM's size).
+_SMALL_HIDDEN = 384
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    student: str | Path | None = None  # a pretrained encoder (directory or packaged name); None = the teacher's layers
-    layers: int | None = None  # layers to keep: of the teacher (default: half) or of the given student (default: all)
-    epochs: int = 8
+    student: str | Path | None = AUTO  # auto | packaged name | directory | None (= the teacher's layers)
+    layers: int | None = None  # layers to keep: of the teacher / of the given student (None: 3 for auto)
+    epochs: int | None = None  # None: enough for min_steps optimizer steps, within [3, max_epochs]
+    min_steps: int = 1500
+    max_epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 1e-4
-    temperature: float = 2.0
-    alpha: float = 0.7  # weight of the KL term; 1 - alpha weighs the label cross-entropy
-    hidden_weight: float = 0.5
+    head_learning_rate: float | None = None  # None: 5 x learning_rate
+    temperature: float = 1.0
+    alpha: float = 0.5  # weight of the KL term; 1 - alpha weighs the label cross-entropy
+    calibrate_teacher: bool = True  # soften/sharpen the teacher's logits by its validation temperature first
+    hidden_weight: float = 0.0
     augment: bool = True
     max_length: int = 64
     patience: int = 3
@@ -49,61 +83,140 @@ class DistillConfig:
 
 
 @dataclass
+class Candidate:
+    name: str  # e.g. "paraphrase-minilm-l3", "minilm-l6[0,2,4]", "teacher-layers[0,2,4]"
+    model: object  # PooledClassifier (head: the probe, once fitted)
+    tokenizer: object
+    layers: list[int] | None
+    parameters: int
+    probe_accuracy: float = float("nan")
+
+
+@dataclass
+class StudentStart:
+    chosen: Candidate
+    probed: list[dict] = field(default_factory=list)  # per candidate: name, layers, parameters, probe accuracy
+    reason: str = ""
+
+
+@dataclass
 class DistillResult:
     model: torch.nn.Module
     tokenizer: object
     validation_accuracy: float
     best_epoch: int
-    layers: list[int] | None  # teacher layers the student started from
-    parameters: int
+    epochs_planned: int
+    teacher_temperature: float
+    history: list[dict]
 
 
-def student_from_teacher(teacher, layers: int | None):
-    """A copy of the teacher with ``layers`` of its layers, evenly spaced from the first."""
-    config = copy.deepcopy(teacher.config)
+def slice_encoder(encoder, layers: int | None):
+    """A copy of ``encoder`` with ``layers`` of its layers, evenly spaced from the first (default: half)."""
+    config = copy.deepcopy(encoder.config)
     total = config.num_hidden_layers
     keep_n = layers or max(1, total // 2)
     if not 1 <= keep_n <= total:
-        raise ModelError(f"cannot keep {keep_n} layers of a {total}-layer teacher")
+        raise ModelError(f"cannot keep {keep_n} layers of a {total}-layer encoder")
     step = total / keep_n
     keep = [int(i * step) for i in range(keep_n)]
     config.num_hidden_layers = keep_n
-    student = type(teacher)(config)
-    pattern = re.compile(r"\.layer\.(\d+)\.")
+    sliced = type(encoder)(config)
+    pattern = re.compile(r"(^|\.)layer\.(\d+)\.")
     state = {}
-    for key, value in teacher.state_dict().items():
+    for key, value in encoder.state_dict().items():
         match = pattern.search(key)
         if match is None:
             state[key] = value
-        elif int(match.group(1)) in keep:
-            state[pattern.sub(f".layer.{keep.index(int(match.group(1)))}.", key, count=1)] = value
-    missing, unexpected = student.load_state_dict(state, strict=False)
+        elif int(match.group(2)) in keep:
+            state[pattern.sub(f"{match.group(1)}layer.{keep.index(int(match.group(2)))}.", key, count=1)] = value
+    missing, unexpected = sliced.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "position_ids" not in k]:
         raise ModelError(
-            f"cannot build a student from this {config.model_type} teacher's layers "
+            f"cannot slice this {config.model_type} encoder's layers "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); give --student PATH"
         )
-    return student, keep
+    return sliced, keep
 
 
-def _student_from_path(path: Path, labels: list[str]):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+def _teacher_encoder(teacher):
+    from edgekit.converters.classifier import PooledClassifier
 
-    hf_logging.set_verbosity_error()
-    try:
+    if isinstance(teacher, PooledClassifier):
+        return teacher.encoder, teacher.pooling
+    return getattr(teacher, teacher.base_model_prefix), "cls"
+
+
+def _candidate(name: str, encoder, tokenizer, labels, pooling: str, layers: int | None, sliced: bool) -> Candidate:
+    from edgekit.converters.classifier import PooledClassifier
+
+    kept = None
+    if sliced:
+        encoder, kept = slice_encoder(encoder, layers)
+        name = f"{name}[{','.join(map(str, kept))}]"
+    model = PooledClassifier(encoder, labels, pooling)
+    return Candidate(name, model, tokenizer, kept, sum(p.numel() for p in model.parameters()))
+
+
+def student_candidates(config: DistillConfig, teacher, teacher_tokenizer, labels: list[str]) -> list[Candidate]:
+    """The starts ``config.student`` asks for: one, or the auto set."""
+    from transformers import AutoTokenizer
+
+    from edgekit.converters.classifier import base_pooling, load_encoder
+    from edgekit.converters.pretrained import resolve_base
+
+    def packaged(name: str, layers: int | None, sliced: bool) -> Candidate:
+        path = resolve_base(name)
+        encoder = load_encoder(path, attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            ignore_mismatched_sizes=True,
-            attn_implementation="eager",
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load a student encoder from {path}: {exc}") from exc
-    return model, tokenizer
+        return _candidate(name if isinstance(name, str) else Path(name).name, encoder, tokenizer, labels,
+                          base_pooling(path), layers, sliced)
+
+    def from_teacher(layers: int | None) -> Candidate:
+        encoder, pooling = _teacher_encoder(teacher)
+        return _candidate(TEACHER_LAYERS, encoder, teacher_tokenizer, labels, pooling, layers, True)
+
+    if config.student is None:
+        return [from_teacher(config.layers)]
+    if str(config.student) != AUTO:
+        return [packaged(str(config.student), config.layers, config.layers is not None)]
+    layers = config.layers or 3
+    candidates = [packaged("paraphrase-minilm-l3", layers, layers != 3), packaged("minilm-l6", layers, True)]
+    encoder, _ = _teacher_encoder(teacher)
+    if encoder.config.hidden_size <= _SMALL_HIDDEN and encoder.config.num_hidden_layers > layers:
+        candidates.append(from_teacher(layers))
+    return candidates
+
+
+def choose_start(candidates: list[Candidate], train_texts, y_train, val_texts, y_val, *, max_length: int,
+                 echo: Callable[[str], None] = log.info) -> StudentStart:
+    """Probe every candidate frozen (linear head on train, accuracy on validation); keep the best."""
+    from edgekit.converters.probe import fit_probe, pooled_features
+
+    probed = []
+    best = None
+    for c in candidates:
+        x_train = pooled_features(c.model, c.tokenizer, train_texts, max_length=max_length)
+        probe = fit_probe(x_train, np.asarray(y_train), c.model.config.num_labels, scale=0.5)
+        x_val = pooled_features(c.model, c.tokenizer, val_texts, max_length=max_length)
+        c.probe_accuracy = probe.accuracy(x_val, np.asarray(y_val))
+        c.model.classifier = probe.to_linear()
+        probed.append({"name": c.name, "layers": c.layers, "parameters": c.parameters,
+                       "pooling": c.model.pooling, "probe_validation_accuracy": c.probe_accuracy})
+        echo(f"  start {c.name}: {c.parameters / 1e6:.1f}M parameters, {c.model.pooling} pooling, "
+             f"frozen linear probe {c.probe_accuracy:.4f} on validation")
+        if best is None or c.probe_accuracy > best.probe_accuracy + 1e-9 or (
+            abs(c.probe_accuracy - best.probe_accuracy) <= 1e-9 and c.parameters < best.parameters
+        ):
+            best = c
+    if len(candidates) > 1:
+        reason = (f"highest frozen-probe validation accuracy ({best.probe_accuracy:.4f}) of "
+                  f"{len(candidates)} starts probed")
+    else:
+        reason = "the only start asked for"
+    for c in candidates:  # free the others' weights
+        if c is not best:
+            c.model = None
+    return StudentStart(best, probed, reason)
 
 
 _WORD = re.compile(r"\S+")
@@ -131,117 +244,106 @@ def augment(text: str, rng: random.Random) -> str:
 
 
 class _DistillModule(torch.nn.Module):
-    """Student + projection, trained together (one module so Accelerate places and syncs both)."""
+    """Student + projection for hidden alignment (one module so Accelerate places and syncs both)."""
 
-    def __init__(self, student, teacher_hidden: int) -> None:
+    def __init__(self, student, teacher_hidden: int | None) -> None:
         super().__init__()
         self.student = student
-        self.projection = torch.nn.Linear(student.config.hidden_size, teacher_hidden)
+        self.projection = (torch.nn.Linear(student.config.hidden_size, teacher_hidden)
+                           if teacher_hidden else None)
 
 
-@torch.no_grad()
-def _teacher_targets(teacher, tokenizer, texts, max_length, batch_size=64):
-    from edgekit.converters.training import encode
-
-    teacher.eval()
-    logits, hidden = [], []
-    for start in range(0, len(texts), batch_size):
-        out = teacher(**encode(tokenizer, texts[start : start + batch_size], max_length), output_hidden_states=True)
-        logits.append(out.logits.float())
-        hidden.append(out.hidden_states[-1][:, 0].float())
-    return torch.cat(logits), torch.cat(hidden)
+@dataclass
+class TransferSet:
+    texts: list[str]
+    targets: list[int]  # label id, or -100 for KD-only texts
+    teacher_logits: np.ndarray
+    teacher_pooled: np.ndarray | None = None
 
 
-def distill(
-    teacher,
-    teacher_tokenizer,
-    labels: list[str],
-    train: Dataset,
-    validation: Dataset,
-    config: DistillConfig,
-    unlabeled: Dataset | None = None,
-) -> DistillResult:
-    from edgekit.converters.training import TrainConfig, encode, predict_logits, seed_everything
+def transfer_texts(train_texts, train_y, *, augment_copies: bool, unlabeled=(), seed: int = 0):
+    """(texts, targets): the labelled training texts, then KD-only perturbed copies and unlabelled texts."""
+    rng = random.Random(seed)
+    texts, targets = list(train_texts), list(train_y)
+    if augment_copies:
+        extra = [augment(t, rng) for t in train_texts]
+        texts += extra
+        targets += [-100] * len(extra)
+    texts += list(unlabeled)
+    targets += [-100] * len(unlabeled)
+    return texts, targets
+
+
+def distill(student, tokenizer, transfer: TransferSet, val_texts, y_val, config: DistillConfig,
+            teacher_temperature: float = 1.0) -> DistillResult:
+    """Train ``student`` (a PooledClassifier, head already warm) on ``transfer``; best epoch restored."""
+    from edgekit.converters.training import (
+        TrainConfig,
+        encode,
+        epochs_for,
+        predict_logits,
+        seed_everything,
+        token_lengths,
+    )
     from edgekit.converters.training import train as run_training
 
     seed_everything(config.seed)
-    if config.student is None:
-        student, kept = student_from_teacher(teacher, config.layers)
-        tokenizer = teacher_tokenizer
-    else:
-        from edgekit.converters.pretrained import resolve_base
-
-        student, tokenizer = _student_from_path(resolve_base(str(config.student)), labels)
-        kept = None
-        if config.layers is not None:
-            student, kept = student_from_teacher(student, config.layers)
-    label2id = {label: i for i, label in enumerate(labels)}
-
-    rng = random.Random(config.seed)
-    texts = list(train.texts)
-    targets = [label2id[y] for y in train.labels]
-    if config.augment:
-        extra = [augment(t, rng) for t in train.texts]
-        texts += extra
-        targets += [-100] * len(extra)  # perturbed copies learn from the teacher only
-    if unlabeled is not None:
-        texts += list(unlabeled.texts)
-        targets += [-100] * len(unlabeled)
-    log.info("transfer set: %d texts (%d labelled)", len(texts), len(train))
-    t_logits, t_hidden = _teacher_targets(teacher, teacher_tokenizer, texts, config.max_length)
-    module = _DistillModule(student, t_hidden.shape[1])
+    texts, targets = transfer.texts, transfer.targets
+    t_logits = torch.from_numpy(transfer.teacher_logits / teacher_temperature)
+    t_pooled = torch.from_numpy(transfer.teacher_pooled) if transfer.teacher_pooled is not None else None
+    hidden = config.hidden_weight if t_pooled is not None else 0.0
+    module = _DistillModule(student, t_pooled.shape[1] if hidden else None)
     T = config.temperature
+    epochs = config.epochs or epochs_for(len(texts), config.batch_size, min_steps=config.min_steps,
+                                         max_epochs=config.max_epochs)
 
-    def collate(items):
-        idx = [i for i, _ in items]
+    def collate(idx):
         batch = encode(tokenizer, [texts[i] for i in idx], config.max_length)
         batch["labels"] = torch.tensor([targets[i] for i in idx])
         batch["t_logits"] = t_logits[idx]
-        batch["t_hidden"] = t_hidden[idx]
+        if hidden:
+            batch["t_pooled"] = t_pooled[idx]
         return batch
 
     def loss_fn(m, batch):
-        out = m.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        s = out.logits
+        pooled, _ = m.student.pool(batch["input_ids"], batch["attention_mask"])
+        s = m.student.classifier(m.student.dropout(pooled))
         loss = config.alpha * T * T * F.kl_div(
             F.log_softmax(s / T, -1), F.softmax(batch["t_logits"] / T, -1), reduction="batchmean"
         )
         labelled = batch["labels"] != -100
         if labelled.any():
             loss = loss + (1 - config.alpha) * F.cross_entropy(s[labelled], batch["labels"][labelled])
-        if config.hidden_weight:
-            projected = m.projection(out.hidden_states[-1][:, 0])
-            loss = loss + config.hidden_weight * (1 - F.cosine_similarity(projected, batch["t_hidden"], -1).mean())
+        if hidden:
+            projected = m.projection(pooled)
+            loss = loss + hidden * (1 - F.cosine_similarity(projected, batch["t_pooled"], -1).mean())
         return loss
 
-    y_val = np.array([label2id[y] for y in validation.labels])
+    y_val = np.asarray(y_val)
 
     def evaluate(m) -> float:
-        logits = predict_logits(m.student, tokenizer, validation.texts, max_length=config.max_length)
+        logits = predict_logits(m.student, tokenizer, val_texts, max_length=config.max_length)
         return float((logits.argmax(-1) == y_val).mean())
 
     result = run_training(
         module,
-        [(i, None) for i in range(len(texts))],
+        list(range(len(texts))),
         collate,
         loss_fn,
         evaluate,
         TrainConfig(
-            epochs=config.epochs,
+            epochs=epochs,
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
+            head_learning_rate=config.head_learning_rate or 5 * config.learning_rate,
             patience=config.patience,
+            evaluate_start=True,
             seed=config.seed,
             progress=config.progress,
         ),
+        lengths=token_lengths(tokenizer, texts, config.max_length),
         description="distill",
     )
     student = module.student.eval()
-    return DistillResult(
-        model=student,
-        tokenizer=tokenizer,
-        validation_accuracy=result.best_score,
-        best_epoch=result.best_epoch,
-        layers=kept,
-        parameters=sum(p.numel() for p in student.parameters()),
-    )
+    return DistillResult(student, tokenizer, result.best_score, result.best_epoch, epochs, teacher_temperature,
+                         result.history)

@@ -129,6 +129,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             learning_rate=config.learning_rate,
             head_learning_rate=config.head_learning_rate or 5 * config.learning_rate,
             patience=config.patience,
+            evaluate_start=True,
             seed=config.seed,
             progress=config.progress,
         ),

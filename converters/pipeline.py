@@ -28,6 +28,7 @@ from edgekit.data import Dataset, load_dataset, load_splits
 from edgekit.errors import AccuracyGateError, ModelError
 from edgekit.manifest import Calibration, Manifest, sha256_file
 from edgekit.metrics import classification_metrics, softmax
+from edgekit.timing import StageTimer
 
 __all__ = ["Candidate", "ConvertResult", "choose_lengths", "convert"]
 
@@ -93,7 +94,6 @@ def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> Conve
     targets = list(dict.fromkeys(EXPORTERS.canonical(t) for t in config.targets))
     _require(targets)
     from edgekit.converters.evaluate import label_ids, load_classifier_dir
-    from edgekit.converters.training import predict_logits
 
     train, val, test = load_splits(
         config.train, config.validation, config.test, text_field=config.text_field, label_field=config.label_field
@@ -112,10 +112,13 @@ def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> Conve
     echo(f"data: {len(train)} train / {len(val)} validation / {len(test)} test texts, {len(labels)} labels; "
          f"99th-percentile length {p99} tokens → max_length {max_length}, buckets {list(buckets)}")
 
-    t_val = predict_logits(teacher, teacher_tok, val.texts, max_length=max_length)
-    t_test = predict_logits(teacher, teacher_tok, test.texts, max_length=max_length)
-    teacher_val_pred, teacher_test_pred = t_val.argmax(-1), t_test.argmax(-1)
+    timer = StageTimer(echo)
     teacher_files = [p for p in Path(config.model_dir).iterdir() if p.suffix in (".safetensors", ".bin")]
+    teacher_sha = {p.name: sha256_file(p) for p in teacher_files}
+    with timer.stage("teacher scoring (validation, test)") as note:
+        t_val = _teacher_logits(teacher, teacher_tok, val.texts, max_length, teacher_sha, config, note)
+        t_test = _teacher_logits(teacher, teacher_tok, test.texts, max_length, teacher_sha, config, note)
+    teacher_val_pred, teacher_test_pred = t_val.argmax(-1), t_test.argmax(-1)
     teacher_row = {
         "artifact": "teacher", "format": "torch", "precision": "fp32", "variant": "fp32",
         "size_bytes": sum(p.stat().st_size for p in teacher_files),
@@ -130,13 +133,15 @@ def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> Conve
     with tempfile.TemporaryDirectory(prefix=".edgekit-convert-", dir=out) as tmp:
         work = Path(tmp)
         student_dir, student_info = _make_student(config, teacher, teacher_tok, labels, train, val, unlabeled,
-                                                  work, max_length, echo)
+                                                  work, max_length, echo, timer=timer, teacher_sha=teacher_sha,
+                                                  t_val=t_val)
+        del teacher  # the student is trained: the teacher's weights are not needed any more
         candidates = _export_all(config, targets, student_dir, train, val, test, labels, max_length, buckets,
-                                 y_val, y_test, teacher_val_pred, teacher_test_pred, work, echo)
+                                 y_val, y_test, teacher_val_pred, teacher_test_pred, work, echo, timer=timer)
         failures = _select(candidates, teacher_row["accuracy"], config)
         provenance = {
             "teacher": str(Path(config.model_dir).resolve()),
-            "teacher_sha256": {p.name: sha256_file(p) for p in teacher_files},
+            "teacher_sha256": teacher_sha,
             "data": {"train": train.fingerprint(), "validation": val.fingerprint(), "test": test.fingerprint()},
             "student": student_info,
             "edgekit": __version__,
@@ -147,8 +152,11 @@ def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> Conve
         rows = [teacher_row] + [_row(c) for c in candidates]
         bundles = [_write_bundle(c, out, labels, max_length, provenance, teacher_row)
                    for c in candidates if c.status == "written"]
-        write_report(out, rows, candidates, teacher_row, student_info)
+        stages = {name: {"seconds": sec, "notes": sorted(set(timer.notes.get(name, [])))}
+                  for name, sec in timer.seconds.items()}
+        write_report(out, rows, candidates, teacher_row, student_info, stages)
         _atomic_text(out / "convert-config.yaml", config.to_yaml())
+    echo(timer.summary())
     if failures and config.allow_accuracy_drop:
         echo("warning: written although below the accuracy gate (--allow-accuracy-drop): " + "; ".join(failures))
     elif failures:
@@ -160,56 +168,104 @@ def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> Conve
     return ConvertResult(out, bundles, rows, teacher_row)
 
 
-def _make_student(config, teacher, teacher_tok, labels, train, val, unlabeled, work, max_length, echo):
-    import torch
+def _teacher_logits(teacher, tokenizer, texts, max_length, teacher_sha, config, note, pooled=False):
+    from edgekit.converters.teacher_cache import teacher_outputs
 
-    from edgekit.converters.distill import DistillConfig, distill
-    from edgekit.converters.training import predict_logits
+    out = teacher_outputs(teacher, tokenizer, list(texts), max_length=max_length, weights_sha256=teacher_sha,
+                          pooled=pooled, use_cache=config.teacher_cache)
+    note("cached" if out.cached else "computed")
+    return (out.logits, out.pooled) if pooled else out.logits
 
-    echo("distilling the student ...")
-    result = distill(
-        teacher, teacher_tok, labels, train, val,
-        DistillConfig(
-            student=config.student, layers=config.student_layers, epochs=config.epochs,
-            batch_size=config.batch_size, learning_rate=config.learning_rate,
-            temperature=config.distill_temperature, alpha=config.alpha, hidden_weight=config.hidden_weight,
-            augment=config.augment, max_length=max_length, seed=config.seed, progress=config.progress,
-        ),
-        unlabeled=unlabeled,
-    )
-    info = {"source": str(config.student) if config.student else "teacher-layers", "teacher_layers": result.layers,
-            "parameters": result.parameters, "validation_accuracy": result.validation_accuracy,
-            "best_epoch": result.best_epoch}
-    echo(f"student: {result.parameters / 1e6:.1f}M parameters, validation accuracy {result.validation_accuracy:.4f}")
+
+def _make_student(config, teacher, teacher_tok, labels, train, val, unlabeled, work, max_length, echo, *,
+                  timer, teacher_sha, t_val):
+    """Choose the start (probes), prune its vocabulary, distil; save the student into ``work``."""
+    from edgekit.converters.calibrate import fit_temperature
+    from edgekit.converters.distill import TransferSet, choose_start, distill, student_candidates, transfer_texts
+    from edgekit.converters.evaluate import label_ids
+
+    dconfig = _distill_config(config, max_length)
+    y_train, y_val = label_ids(train, labels), label_ids(val, labels)
+    texts, targets = transfer_texts(train.texts, y_train.tolist(), augment_copies=config.augment,
+                                    unlabeled=list(unlabeled.texts) if unlabeled else [], seed=config.seed)
+    with timer.stage("teacher scoring (transfer set)") as note:
+        scored = _teacher_logits(teacher, teacher_tok, texts, max_length, teacher_sha, config, note,
+                                 pooled=config.hidden_weight > 0)
+    t_logits, t_pooled = scored if config.hidden_weight > 0 else (scored, None)
+    teacher_T = fit_temperature(t_val, y_val) if config.calibrate_teacher else 1.0
+    echo(f"transfer set: {len(texts)} texts ({len(train)} labelled); teacher temperature on validation "
+         f"{teacher_T:.3f}{' (used to scale its targets)' if config.calibrate_teacher else ''}")
+    with timer.stage("student start (probes)"):
+        echo("probing student starts (frozen encoder + linear probe) ...")
+        start = choose_start(student_candidates(dconfig, teacher, teacher_tok, labels), train.texts, y_train,
+                             val.texts, y_val, max_length=max_length, echo=echo)
+    chosen = start.chosen
+    echo(f"student start: {chosen.name} ({start.reason})")
+    info = {"source": chosen.name, "teacher_layers": chosen.layers if chosen.name.startswith("teacher") else None,
+            "layers": chosen.layers, "pooling": chosen.model.pooling, "probed": start.probed,
+            "choice_reason": start.reason, "probe_validation_accuracy": chosen.probe_accuracy,
+            "teacher_temperature": teacher_T}
+    model, tokenizer = chosen.model, chosen.tokenizer
+    if config.prune_vocab:
+        with timer.stage("vocabulary pruning"):
+            model, tokenizer, info["vocab_pruning"] = _prune(model, tokenizer, texts + list(val.texts), val,
+                                                             work / "student-pruned", max_length, echo)
+    with timer.stage("distillation"):
+        echo("distilling the student ...")
+        result = distill(model, tokenizer, TransferSet(texts, targets, t_logits, t_pooled), val.texts, y_val,
+                         dconfig, teacher_temperature=teacher_T)
+    info.update(parameters=sum(p.numel() for p in result.model.parameters()),
+                validation_accuracy=result.validation_accuracy, best_epoch=result.best_epoch,
+                epochs_planned=result.epochs_planned, history=result.history)
+    echo(f"student: {info['parameters'] / 1e6:.1f}M parameters, validation accuracy {result.validation_accuracy:.4f} "
+         f"(best epoch {result.best_epoch} of {sum(1 for h in result.history if h['epoch'])} run, "
+         f"{result.epochs_planned} planned; epoch 0 is the frozen start with its probe head, "
+         f"{chosen.probe_accuracy:.4f})")
     student_dir = work / "student"
     result.model.save_pretrained(student_dir, safe_serialization=True)
     result.tokenizer.save_pretrained(student_dir)
-    if not config.prune_vocab:
-        return student_dir, info
-    from edgekit.converters.vocab import prune_vocabulary
+    return student_dir, info
 
-    before = predict_logits(result.model, result.tokenizer, val.texts, max_length=max_length).argmax(-1)
-    pruned_dir = work / "student-pruned"
-    corpus = list(train.texts) + list(val.texts) + (list(unlabeled.texts) if unlabeled else [])
-    pruned = prune_vocabulary(result.model, result.tokenizer, corpus, pruned_dir)
+
+def _distill_config(config: ConvertConfig, max_length: int):
+    from edgekit.converters.distill import DistillConfig
+
+    student = config.student
+    if student is not None and str(student) == "teacher-layers":
+        student = None
+    return DistillConfig(
+        student=student, layers=config.student_layers, epochs=config.epochs, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, head_learning_rate=config.head_learning_rate,
+        temperature=config.distill_temperature, alpha=config.alpha, calibrate_teacher=config.calibrate_teacher,
+        hidden_weight=config.hidden_weight, augment=config.augment, max_length=max_length, seed=config.seed,
+        progress=config.progress,
+    )
+
+
+def _prune(model, tokenizer, corpus, val, pruned_dir, max_length, echo):
+    """Prune the start's vocabulary before training; check it answers validation as before."""
     from transformers import AutoTokenizer
 
-    model = result.model
-    with torch.no_grad():
-        after = predict_logits(model, AutoTokenizer.from_pretrained(pruned_dir), val.texts, max_length=max_length)
-    agreement = float((after.argmax(-1) == before).mean())
-    info["vocab_pruning"] = {"tokens_before": pruned.old_size, "tokens_after": pruned.new_size,
-                             "bytes_saved_fp32": pruned.bytes_saved, "agreement_with_unpruned": agreement}
+    from edgekit.converters.training import predict_logits
+    from edgekit.converters.vocab import prune_vocabulary
+
+    before = predict_logits(model, tokenizer, val.texts, max_length=max_length).argmax(-1)
+    pruned = prune_vocabulary(model, tokenizer, corpus, pruned_dir)
+    tokenizer = AutoTokenizer.from_pretrained(pruned_dir, use_fast=True)
+    after = predict_logits(model, tokenizer, val.texts, max_length=max_length).argmax(-1)
+    agreement = float((after == before).mean())
     echo(f"vocabulary pruned {pruned.old_size} → {pruned.new_size} tokens "
-         f"({pruned.bytes_saved / 1e6:.1f} MB fp32 saved), agreement with the unpruned student {agreement:.4f}")
-    return pruned_dir, info
+         f"({pruned.bytes_saved / 1e6:.1f} MB fp32 saved), agreement with the unpruned start {agreement:.4f}")
+    return model, tokenizer, {"tokens_before": pruned.old_size, "tokens_after": pruned.new_size,
+                              "bytes_saved_fp32": pruned.bytes_saved, "agreement_with_unpruned": agreement}
 
 
 def _export_all(config, targets, student_dir, train, val, test, labels, max_length, buckets,
-                y_val, y_test, teacher_val_pred, teacher_test_pred, work, echo) -> list[Candidate]:
+                y_val, y_test, teacher_val_pred, teacher_test_pred, work, echo, *, timer) -> list[Candidate]:
     from tqdm.auto import tqdm
 
     from edgekit.converters.calibrate import calibrate, cascade_at, risk_coverage
+    from edgekit.converters.classifier import pooling_of
     from edgekit.converters.exporters import get_exporter
     from edgekit.converters.exporters.inputs import export_inputs_for
     from edgekit.converters.measure import batched_logits, latency_ms
@@ -222,29 +278,32 @@ def _export_all(config, targets, student_dir, train, val, test, labels, max_leng
     exporters = {fmt: get_exporter(fmt) for fmt in targets}
     plan = [(fmt, v) for fmt in targets for v in (config.variants.get(fmt) or exporters[fmt].variants())]
     latency_texts = list(test.texts[: config.latency_texts])
+    pooling = pooling_of(student_dir) or "cls"
     candidates = []
     for fmt, variant in tqdm(plan, desc="export", disable=None if config.progress else True):
-        art = exporters[fmt].export(inputs, variant, work / "artifacts" / fmt / variant)
-        shutil.copy(student_dir / "tokenizer.json", art.directory / "tokenizer.json")
-        Manifest(format=fmt, precision=art.precision, labels=labels, model_files=art.model_files,
-                 max_length=max_length, buckets=art.buckets).save(art.directory)
-        model = load_bundle_model(art.directory, threads=1)
-        try:
-            v_logits, t_logits = batched_logits(model, val.texts), batched_logits(model, test.texts)
-            speed = latency_ms(model, latency_texts)
-        finally:
-            model.close()
-        cal = calibrate(v_logits, y_val, teacher_val_pred, tolerance=config.cascade_tolerance / 100,
-                        max_cloud_rate=config.max_cloud_rate)
-        probs = softmax(t_logits, cal.temperature)
-        scores, pred = probs.max(-1), probs.argmax(-1)
-        cloud_rate, cascade = cascade_at(cal.threshold, scores, pred, teacher_test_pred, y_test)
-        c = Candidate(fmt, variant, art.precision, art.directory, art.model_files, art.buckets, art.details,
-                      _dir_size(art.directory, art.model_files), calibration=cal,
-                      risk_coverage=risk_coverage(scores, pred, teacher_test_pred, y_test))
-        c.metrics = {**classification_metrics(t_logits, y_test, teacher_pred=teacher_test_pred), **speed,
-                     "threshold": cal.threshold, "temperature": cal.temperature, "cloud_rate": cloud_rate,
-                     "cascade_accuracy": cascade, "ece_before": cal.ece_before, "ece_after": cal.ece_after}
+        with timer.stage(f"export {fmt}/{variant}"):
+            art = exporters[fmt].export(inputs, variant, work / "artifacts" / fmt / variant)
+        with timer.stage(f"measure {fmt}/{variant}"):
+            shutil.copy(student_dir / "tokenizer.json", art.directory / "tokenizer.json")
+            Manifest(format=fmt, precision=art.precision, labels=labels, model_files=art.model_files,
+                     max_length=max_length, buckets=art.buckets, pooling=pooling).save(art.directory)
+            model = load_bundle_model(art.directory, threads=1)
+            try:
+                v_logits, t_logits = batched_logits(model, val.texts), batched_logits(model, test.texts)
+                speed = latency_ms(model, latency_texts)
+            finally:
+                model.close()
+            cal = calibrate(v_logits, y_val, teacher_val_pred, tolerance=config.cascade_tolerance / 100,
+                            max_cloud_rate=config.max_cloud_rate)
+            probs = softmax(t_logits, cal.temperature)
+            scores, pred = probs.max(-1), probs.argmax(-1)
+            cloud_rate, cascade = cascade_at(cal.threshold, scores, pred, teacher_test_pred, y_test)
+            c = Candidate(fmt, variant, art.precision, art.directory, art.model_files, art.buckets, art.details,
+                          _dir_size(art.directory, art.model_files), calibration=cal,
+                          risk_coverage=risk_coverage(scores, pred, teacher_test_pred, y_test))
+            c.metrics = {**classification_metrics(t_logits, y_test, teacher_pred=teacher_test_pred), **speed,
+                         "threshold": cal.threshold, "temperature": cal.temperature, "cloud_rate": cloud_rate,
+                         "cascade_accuracy": cascade, "ece_before": cal.ece_before, "ece_after": cal.ece_after}
         echo(f"  {fmt}/{variant}: accuracy {c.metrics['accuracy']:.4f}, agreement {c.metrics['agreement']:.4f}, "
              f"{c.size_bytes / 1e6:.1f} MB, {speed['latency_ms_p50']:.2f} ms/text; cascade {cascade:.4f} "
              f"at {cloud_rate:.1%} cloud")
@@ -311,7 +370,7 @@ def _write_bundle(c: Candidate, out: Path, labels, max_length, provenance, teach
                        teacher_size_bytes=teacher_row["size_bytes"], risk_coverage=c.risk_coverage)
         manifest = Manifest(
             format=c.format, precision=c.precision, labels=list(labels), model_files=c.model_files,
-            max_length=max_length, buckets=c.buckets,
+            max_length=max_length, buckets=c.buckets, pooling=provenance["student"].get("pooling", "cls"),
             name=f"{Path(provenance['teacher']).name}-{c.name}",
             version=sha256_file(tmp / c.model_files[0])[:12],
             calibration=Calibration(temperature=c.calibration.temperature, threshold=c.calibration.threshold),

@@ -22,8 +22,11 @@ def _fmt(value, kind: str = "f4") -> str:
     return f"{value:.4f}"
 
 
-def write_report(out: Path, rows: list[dict], candidates, teacher: dict, student: dict) -> None:
-    atomic_write_text(out / "report.json", json.dumps(rows, indent=2) + "\n")
+def write_report(out: Path, rows: list[dict], candidates, teacher: dict, student: dict,
+                 stages: dict[str, dict] | None = None) -> None:
+    """``stages``: wall seconds (and notes such as "cached") per stage of the conversion."""
+    report = {"rows": rows, "student": student, "stages": stages or {}}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     lines = [
         "# edgekit convert report",
         "",
@@ -33,6 +36,18 @@ def write_report(out: Path, rows: list[dict], candidates, teacher: dict, student
         + (f" (teacher layers {student['teacher_layers']})" if student.get("teacher_layers") else "")
         + f", validation accuracy {student['validation_accuracy']:.4f}.",
     ]
+    if student.get("probed"):
+        lines += ["", f"Student start ({student.get('choice_reason', '')}): each candidate encoder frozen, read with "
+                  "its pooling, with a logistic-regression head fitted on the training texts:", "",
+                  "| start | pooling | parameters | frozen probe, validation accuracy |", "|---|---|---:|---:|"]
+        lines += [f"| {p['name']} | {p['pooling']} | {p['parameters'] / 1e6:.1f}M | "
+                  f"{p['probe_validation_accuracy']:.4f} |" for p in student["probed"]]
+        lines.append("")
+    if student.get("history"):
+        lines.append("Distillation, validation accuracy at the warm start (epoch 0) and after each epoch: "
+                     + ", ".join(f"{h['validation']:.4f}" for h in student["history"])
+                     + f" (best epoch {student['best_epoch']}, teacher temperature "
+                     f"{student.get('teacher_temperature', 1.0):.3f}).")
     pruning = student.get("vocab_pruning")
     if pruning:
         lines.append(

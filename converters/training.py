@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     patience: int = 2  # epochs without validation improvement before stopping
+    evaluate_start: bool = False  # score the model before training; keep it if no epoch beats it
     seed: int = 0
     progress: bool = True
 
@@ -165,6 +167,14 @@ def train(
     best_score, best_epoch, best_state, stale = -1.0, 0, None, 0
     history: list[dict] = []
     show = config.progress and accelerator.is_local_main_process
+    if config.evaluate_start:  # a warm start (probe head) is a candidate too: training must beat it
+        unwrapped = accelerator.unwrap_model(model)
+        best_score = evaluate(unwrapped) if accelerator.is_main_process else 0.0
+        best_state = copy.deepcopy(unwrapped.state_dict())
+        history.append({"epoch": 0, "loss": None, "validation": best_score})
+        if show:
+            tqdm.write(f"{description} start: validation {best_score:.4f}")
+    started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
         total, count = 0.0, 0
@@ -183,7 +193,10 @@ def train(
         score = evaluate(unwrapped) if accelerator.is_main_process else 0.0
         history.append({"epoch": epoch, "loss": total / max(1, count), "validation": score})
         if show:
-            tqdm.write(f"{description} epoch {epoch}: loss {total / max(1, count):.4f}, validation {score:.4f}")
+            per_epoch = (time.perf_counter() - started) / epoch
+            tqdm.write(f"{description} epoch {epoch}/{config.epochs}: loss {total / max(1, count):.4f}, "
+                       f"validation {score:.4f}{' (best)' if score > best_score else ''}, "
+                       f"{per_epoch:.0f} s/epoch, at most {per_epoch * (config.epochs - epoch) / 60:.1f} min left")
         if score > best_score:
             best_score, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(unwrapped.state_dict())

@@ -30,16 +30,21 @@ class ConvertConfig:
     # variants to try per format, e.g. {"onnx": ["fp32", "int8-dynamic"]}; absent = all
     variants: dict[str, list[str]] = field(default_factory=dict)
     unlabeled: Path | None = None
-    student: Path | None = None  # a smaller pretrained encoder; None = keep teacher layers
+    # "auto" (probe the candidate starts, keep the best), "teacher-layers", a packaged name
+    # (paraphrase-minilm-l3, minilm-l6) or a directory holding a smaller pretrained encoder
+    student: Path | None = Path("auto")
     student_layers: int | None = None
     prune_vocab: bool = True
     augment: bool = True
-    epochs: int = 8
+    epochs: int | None = None  # None: enough epochs for 1,500 optimizer steps (3..20), early stopping
     batch_size: int = 32
     learning_rate: float = 1e-4
-    distill_temperature: float = 2.0
-    alpha: float = 0.7
-    hidden_weight: float = 0.5
+    head_learning_rate: float | None = None  # None: 5 x learning_rate
+    distill_temperature: float = 1.0
+    alpha: float = 0.5
+    calibrate_teacher: bool = True
+    hidden_weight: float = 0.0
+    teacher_cache: bool = True  # keep the teacher's outputs on disk (see converters/teacher_cache.py)
     max_length: int | None = None  # None: the data's 99th-percentile token length (<= 128)
     buckets: tuple[int, ...] | None = None  # TFLite lengths; None: chosen from the data
     max_accuracy_drop: float = 1.0  # points

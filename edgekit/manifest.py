@@ -81,6 +81,10 @@ class Manifest:
     # Fixed sequence lengths for formats with static shapes (TFLite); empty = dynamic axes.
     buckets: list[int] = field(default_factory=list)
     inputs: list[str] = field(default_factory=lambda: ["input_ids", "attention_mask"])
+    # How the model pools token states into the sentence vector: "mean" (masked mean, as
+    # sentence-transformers encoders were trained) or "cls". The pooling is inside the exported
+    # graph (every backend feeds ids + mask and reads logits); recorded so a reader knows.
+    pooling: str = "cls"
     calibration: Calibration = field(default_factory=Calibration)
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)

@@ -5,12 +5,15 @@ import json
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Tests cache (teacher outputs, rebuilt encoders) in a directory of their own, never the user's.
+os.environ["EDGEKIT_CACHE"] = tempfile.mkdtemp(prefix="edgekit-test-cache-")
 
 
 def has(module: str) -> bool:
@@ -87,7 +90,8 @@ def convert_config(tiny_classifier, small_splits, out, **kw):
     base = dict(model_dir=tiny_classifier, train=small_splits["train"], validation=small_splits["validation"],
                 test=small_splits["test"], out=out, targets=("onnx",),
                 variants={"onnx": ["fp32", "int8-dynamic"]}, epochs=4, learning_rate=3e-3, batch_size=16,
-                student_layers=1, latency_texts=5, progress=False, max_accuracy_drop=100.0)
+                student=Path("teacher-layers"), student_layers=1, latency_texts=5, progress=False,
+                max_accuracy_drop=100.0)
     base.update(kw)
     return ConvertConfig(**base)
 

@@ -59,8 +59,13 @@ def save_tokenizer(vocab: list[str], out: Path, model_max_length: int = 128) -> 
     fast.save_pretrained(out)
 
 
-def make_tiny_bert(out: Path, texts: Sequence[str], *, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
-    """A pretrained-encoder stand-in: BertModel (no head) + tokenizer, saved as a HF directory."""
+def make_tiny_bert(out: Path, texts: Sequence[str], *, layers: int = 2, hidden: int = 32, seed: int = 0,
+                   pooling: str | None = "mean") -> Path:
+    """A pretrained-encoder stand-in: BertModel (no head) + tokenizer, saved as a HF directory.
+
+    With ``pooling`` it is laid out as a sentence-transformers encoder (``1_Pooling/config.json``),
+    as the packaged bases are, so every export test runs the mean-pooled graph.
+    """
     import torch
     from transformers import BertConfig, BertModel
 
@@ -77,4 +82,10 @@ def make_tiny_bert(out: Path, texts: Sequence[str], *, layers: int = 2, hidden: 
         max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(out)
+    if pooling is not None:
+        (out / "1_Pooling").mkdir(exist_ok=True)
+        (out / "1_Pooling" / "config.json").write_text(
+            f'{{"pooling_mode_mean_tokens": {str(pooling == "mean").lower()}, '
+            f'"pooling_mode_cls_token": {str(pooling == "cls").lower()}}}\n'
+        )
     return out

@@ -59,6 +59,34 @@ class _DropExpected(logging.Filter):
 
 
 @contextlib.contextmanager
+def quiet_quantizer():
+    """Switch off ai-edge-quantizer's tqdm bars for one call (unless edgekit logs at INFO, ``-v``).
+
+    ``Quantizer.calibrate`` builds its "Running Calibration" bar without an enable switch, so the
+    only handle is the bar class's own ``enable`` argument: its default is overridden here and
+    restored on exit (a monkeypatch, because the library offers no setting for it).
+    """
+    try:
+        from ai_edge_quantizer.utils import progress_utils
+    except ImportError:
+        yield
+        return
+    if logging.getLogger("edgekit").isEnabledFor(logging.INFO):
+        yield
+        return
+    original = progress_utils.ProgressBar.__init__
+
+    def quiet_init(self, total_steps, description="", disappear_on_finish=False, enable=None):
+        original(self, total_steps, description, disappear_on_finish, enable=False if enable is None else enable)
+
+    progress_utils.ProgressBar.__init__ = quiet_init
+    try:
+        yield
+    finally:
+        progress_utils.ProgressBar.__init__ = original
+
+
+@contextlib.contextmanager
 def _quiet_libraries():
     """Drop the expected library log records and litert-torch's console progress for one call."""
     root, drop = logging.getLogger(), _DropExpected()
@@ -66,7 +94,8 @@ def _quiet_libraries():
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"  # litert-torch reads it at every step
     root.addFilter(drop)
     try:
-        yield
+        with quiet_quantizer():
+            yield
     finally:
         root.removeFilter(drop)
         if previous is None:

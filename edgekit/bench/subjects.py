@@ -138,6 +138,28 @@ def teacher_subject(model_dir: Path, max_length: int) -> Subject:
     )
 
 
+def _export_teacher_onnx(model_dir: Path, out: Path, ort_class) -> str:
+    """The teacher as fp32 ONNX in ``out``: by optimum's exporter where it knows the model, else torch.onnx.
+
+    optimum's text-classification export rebuilds a Hugging Face ``*ForSequenceClassification``
+    (pooling at [CLS]); an edgekit mean-pooled classifier is not one, and optimum would export a
+    random head. Those go through the same torch.onnx export edgekit's own ONNX exporter uses (no
+    fusions, no pruning), so the baseline still is "the teacher, quantized by optimum".
+    """
+    from edgekit.converters.classifier import pooling_of
+
+    if pooling_of(model_dir) is None:
+        ort_class.from_pretrained(model_dir, export=True).save_pretrained(out)
+        return "optimum export (text-classification)"
+    from edgekit.converters.exporters.inputs import export_inputs_for
+    from edgekit.converters.exporters.onnx import export_fp32
+
+    out.mkdir(parents=True)
+    inputs = export_inputs_for(model_dir, max_length=64, buckets=(64,), calibration_texts=["where is my order"])
+    export_fp32(inputs, out / "model.onnx")
+    return f"torch.onnx export of the {pooling_of(model_dir)}-pooled teacher (optimum exports only [CLS] classifiers)"
+
+
 def optimum_baseline(model_dir: Path, out_dir: Path, labels: list[str], max_length: int) -> Subject:
     """The teacher exported to ONNX by optimum and quantized to dynamic int8 by its ORTQuantizer.
 
@@ -169,7 +191,9 @@ def optimum_baseline(model_dir: Path, out_dir: Path, labels: list[str], max_leng
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{BASELINE_NAME}-") as tmp:
         tmp = Path(tmp)
         log.info("building the Optimum baseline (export + dynamic int8) from %s", model_dir)
-        ORTModelForSequenceClassification.from_pretrained(model_dir, export=True).save_pretrained(tmp / "fp32")
+        from edgekit.converters.classifier import pooling_of
+
+        exported_by = _export_teacher_onnx(Path(model_dir), tmp / "fp32", ORTModelForSequenceClassification)
         ORTQuantizer.from_pretrained(tmp / "fp32").quantize(save_dir=tmp / "int8", quantization_config=qconfig)
         quantized = next((tmp / "int8").glob("*quantized*.onnx"))
         bundle = tmp / "bundle"
@@ -182,9 +206,10 @@ def optimum_baseline(model_dir: Path, out_dir: Path, labels: list[str], max_leng
             labels=list(labels),
             model_files=["model.onnx"],
             max_length=max_length,
+            pooling=pooling_of(Path(model_dir)) or "cls",
             name=BASELINE_NAME,
             provenance={
-                "built_with": f"optimum ORTQuantizer, AutoQuantizationConfig.{'arm64' if arm else 'avx2'}"
+                "built_with": f"{exported_by}; optimum ORTQuantizer, AutoQuantizationConfig.{'arm64' if arm else 'avx2'}"
                 "(is_static=False, per_channel=False)",
                 "teacher": str(model_dir),
                 "teacher_sha256": teacher_hash,

@@ -59,7 +59,7 @@ def test_figures_agree_with_the_converters_evaluation(benched, converted):
 
     _, result = benched
     first = {r["artifact"]: r for r in result["rows"] if r["threads"] == 1 and r["batch"] == 1}
-    report = {r["artifact"]: r for r in json.loads((converted.out / "report.json").read_text())}
+    report = {r["artifact"]: r for r in json.loads((converted.out / "report.json").read_text())["rows"]}
     assert first["teacher"]["accuracy"] == pytest.approx(report["teacher"]["accuracy"], abs=1e-9)
     assert first["teacher"]["agreement"] == 1.0
     for bundle in converted.bundles:

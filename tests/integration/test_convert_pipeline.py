@@ -18,8 +18,13 @@ _config = convert_config
 def test_bundles_report_and_manifest(converted):
     out = converted.out
     assert sorted(p.name for p in converted.bundles) == ["onnx-fp32", "onnx-int8", "openvino-int8", "tflite-int8"]
-    rows = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    rows = report["rows"]
     assert rows[0]["artifact"] == "teacher"
+    assert report["student"]["pooling"] == "mean" and report["student"]["history"]
+    for stage in ("teacher scoring (validation, test)", "teacher scoring (transfer set)", "student start (probes)",
+                  "distillation", "export onnx/fp32", "measure onnx/fp32"):
+        assert report["stages"][stage]["seconds"] >= 0, stage
     for row in rows:
         for key in ("artifact", "format", "precision", "size_bytes", "accuracy", "macro_f1", "threshold",
                     "cloud_rate", "cascade_accuracy"):
@@ -102,7 +107,7 @@ def test_accuracy_gate_fails_the_command(tmp_path, tiny_classifier, small_splits
     with pytest.raises(AccuracyGateError, match="onnx-int8"):
         convert(cfg, echo=lambda s: None)
     assert not (out / "onnx-int8").exists()
-    rows = json.loads((out / "report.json").read_text())
+    rows = json.loads((out / "report.json").read_text())["rows"]
     assert rows[1]["status"] == "rejected"
 
 
@@ -145,3 +150,24 @@ def test_every_backend_serves_its_bundle_over_grpc(converted, small_splits):
         assert got == expected, bundle.name
         acc = float(np.mean([g == y for g, y in zip(got, test.labels)]))
         assert acc == pytest.approx(Manifest.load(bundle).metrics["accuracy"], abs=1e-9), bundle.name
+
+
+def test_rerun_reads_the_teacher_outputs_from_the_cache(tmp_path, tiny_classifier, small_splits):
+    """A second convert of the same teacher and data skips teacher scoring (its stages say "cached")."""
+    from edgekit.converters.pipeline import convert
+
+    stages = []
+    for run in ("a", "b"):
+        cfg = _config(tiny_classifier, small_splits, tmp_path / run, variants={"onnx": ["fp32"]}, epochs=1)
+        convert(cfg, echo=lambda s: None)
+        stages.append(json.loads((tmp_path / run / "report.json").read_text())["stages"])
+    for name in ("teacher scoring (validation, test)", "teacher scoring (transfer set)"):
+        # the first run may find entries that an earlier test of this session left: never "computed" after
+        assert stages[1][name]["notes"] == ["cached"], (name, stages)
+    assert _pooling(tmp_path / "b" / "onnx-fp32") == "mean"
+
+
+def _pooling(bundle: Path) -> str:
+    from edgekit.manifest import Manifest
+
+    return Manifest.load(bundle).pooling

@@ -37,7 +37,7 @@ def test_finetune_writes_a_standard_model_dir(tmp_path, tiny_base, small_splits)
     assert sorted(config["id2label"].values()) == sorted(set(load_dataset(small_splits["train"]).labels))
     AutoTokenizer.from_pretrained(out)
     AutoModel.from_pretrained(out)  # the encoder is a standard HF directory; the head sits beside it
-    assert config["edgekit_pooling"] == "cls"  # the tiny base is a plain BertModel: no sentence-transformers pooling
+    assert config["edgekit_pooling"] == "mean"  # the tiny base is laid out as a sentence-transformers encoder
     assert (out / "edgekit_head.safetensors").is_file()
     record = json.loads((out / "edgekit_training.json").read_text())
     metrics = evaluate_model_dir(out, load_dataset(small_splits["test"]))
