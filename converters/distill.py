@@ -159,10 +159,9 @@ def _candidate(name: str, encoder, tokenizer, labels, pooling: str, layers: int 
 
 def student_candidates(config: DistillConfig, teacher, teacher_tokenizer, labels: list[str]) -> list[Candidate]:
     """The starts ``config.student`` asks for: one, or the auto set."""
-    from transformers import AutoTokenizer
-
     from edgekit.converters.classifier import base_pooling, load_encoder
     from edgekit.converters.pretrained import resolve_base
+    from transformers import AutoTokenizer
 
     def packaged(name: str, layers: int | None, sliced: bool) -> Candidate:
         path = resolve_base(name)
@@ -217,9 +216,6 @@ def choose_start(candidates: list[Candidate], train_texts, y_train, val_texts, y
         if c is not best:
             c.model = None
     return StudentStart(best, probed, reason)
-
-
-_WORD = re.compile(r"\S+")
 
 
 def augment(text: str, rng: random.Random) -> str:

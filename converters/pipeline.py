@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -24,9 +23,9 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.config import ConvertConfig
-from edgekit.data import Dataset, load_dataset, load_splits
+from edgekit.data import load_dataset, load_splits
 from edgekit.errors import AccuracyGateError, ModelError
-from edgekit.manifest import Calibration, Manifest, sha256_file
+from edgekit.manifest import Calibration, Manifest, atomic_write_text, sha256_file
 from edgekit.metrics import classification_metrics, softmax
 from edgekit.timing import StageTimer
 
@@ -77,7 +76,7 @@ def choose_lengths(lengths: list[int], max_length: int | None, buckets: tuple[in
 
 
 def _require(targets: list[str]) -> None:
-    from edgekit.cli._deps import require
+    from edgekit.deps import require
 
     require("torch", "transformers", "accelerate", extra="convert", what="edgekit convert")
     for target in targets:
@@ -155,7 +154,7 @@ def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> Conve
         stages = {name: {"seconds": sec, "notes": sorted(set(timer.notes.get(name, [])))}
                   for name, sec in timer.seconds.items()}
         write_report(out, rows, candidates, teacher_row, student_info, stages)
-        _atomic_text(out / "convert-config.yaml", config.to_yaml())
+        atomic_write_text(out / "convert-config.yaml", config.to_yaml())
     echo(timer.summary())
     if failures and config.allow_accuracy_drop:
         echo("warning: written although below the accuracy gate (--allow-accuracy-drop): " + "; ".join(failures))
@@ -350,18 +349,13 @@ def _row(c: Candidate) -> dict:
             **{k: c.metrics.get(k) for k in keep}, "status": c.status, "reason": c.reason}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    from edgekit.manifest import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
 def _write_bundle(c: Candidate, out: Path, labels, max_length, provenance, teacher_row) -> Path:
     from edgekit.device import device_record, library_versions
 
+    from edgekit.atomic import building_dir
+
     final = out / c.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{c.name}-", dir=out))
-    try:
+    with building_dir(final) as tmp:
         for name in [*c.model_files, "tokenizer.json"]:
             shutil.copy2(c.directory / name, tmp / name)
         metrics = {k: v for k, v in c.metrics.items() if isinstance(v, (int, float, bool)) and not
@@ -381,14 +375,4 @@ def _write_bundle(c: Candidate, out: Path, labels, max_length, provenance, teach
         )
         manifest.save(tmp)
         manifest.verify(tmp)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{c.name}-", dir=out))
-            os.replace(final, old / c.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final

@@ -46,7 +46,6 @@ def teacher_cache_key(weights_sha256: dict[str, str], texts: Sequence[str], max_
 
 def _score(teacher, tokenizer, texts: Sequence[str], max_length: int, pooled: bool, batch_size: int = 64):
     import torch
-
     from edgekit.converters.training import encode
 
     teacher.eval()

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgekit.metrics import softmax
+
 from edgekit.errors import CloudUnavailable, ConfigError, ModelError
 from edgekit.runtime.types import ClassifyOptions, LogitModel, Prediction, Route
 
@@ -131,11 +133,8 @@ class CircuitBreaker:
 
 
 def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logits / temperature), row-wise and overflow-safe, in float64."""
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
+    """softmax(logits / temperature), row-wise and overflow-safe, in float64 (the core's one softmax)."""
+    return softmax(logits, temperature)
 
 
 class Cascade:

@@ -215,7 +215,7 @@ def optimum_baseline(model_dir: Path, out_dir: Path, labels: list[str], max_leng
                 "teacher_sha256": teacher_hash,
             },
         ).save(bundle)
-        if target.exists():
-            shutil.rmtree(target)
-        bundle.rename(target)
+        from edgekit.atomic import replace_dir
+
+        replace_dir(bundle, target)
     return _bundle_subject(target, kind="optimum-baseline")

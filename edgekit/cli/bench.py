@@ -48,7 +48,7 @@ def command(bundles: Path, test: Path, out: Path, teacher: Path | None, referenc
     from edgekit.bench.suite import BenchConfig, run_bench
 
     if teacher is not None:
-        from edgekit.cli._deps import require
+        from edgekit.deps import require
 
         require("torch", "transformers", extra="convert", what="the teacher row of edgekit bench")
         from edgekit.converters import quiet_third_party

@@ -11,7 +11,7 @@ import click
 @click.option("--out", default=Path("demo-output"), show_default=True, type=click.Path(path_type=Path), help="Where results go.")
 def command(out: Path) -> None:
     """Run the whole pipeline on the embedded shop_intents data set (the cloud model is cached)."""
-    from edgekit.cli._deps import require
+    from edgekit.deps import require
 
     require("torch", "transformers", "accelerate", "onnxruntime", "grpc", extra="all", what="edgekit demo")
     from edgekit.converters import quiet_third_party

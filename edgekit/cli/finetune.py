@@ -41,7 +41,7 @@ def command(
     no_progress: bool,
 ) -> None:
     """Fine-tune a pretrained encoder on labelled texts; writes a Hugging Face model directory."""
-    from edgekit.cli._deps import require
+    from edgekit.deps import require
 
     require("torch", "transformers", "accelerate", extra="convert", what="edgekit finetune")
     from edgekit.converters import quiet_third_party

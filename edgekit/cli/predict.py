@@ -38,7 +38,7 @@ def command(
     texts: tuple[str, ...],
 ) -> None:
     """Classify TEXT... on a running server and show who answered (EDGE, CLOUD, EDGE_CLOUD_FAILED)."""
-    from edgekit.cli._deps import require
+    from edgekit.deps import require
 
     require("grpc", "grpc_health", extra="runtime", what="edgekit predict")
     from edgekit.runtime.client import EdgeClient

@@ -131,7 +131,7 @@ def command(
     max_workers: int,
 ) -> None:
     """Serve an edge BUNDLE over gRPC (edgekit.v1 and KServe/Triton v2), falling back to a cloud model."""
-    from edgekit.cli._deps import require
+    from edgekit.deps import require
 
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve")
     from edgekit.runtime.batching import BatchSettings
@@ -172,7 +172,7 @@ def cloud_command(
     max_workers: int,
 ) -> None:
     """Serve the fine-tuned torch model in MODEL_DIR as the cloud model (it answers every text itself)."""
-    from edgekit.cli._deps import require
+    from edgekit.deps import require
 
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve-cloud")
     require("torch", "transformers", extra="convert", what="edgekit serve-cloud")

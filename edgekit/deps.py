@@ -1,4 +1,8 @@
-"""Check optional dependencies before heavy work starts, with the pip command in the error."""
+"""Check optional dependencies before heavy work starts, with the pip command in the error.
+
+In the core so that the converter pipeline and the CLI share it (the CLI sits above everything
+and nothing imports it).
+"""
 
 from __future__ import annotations
 
