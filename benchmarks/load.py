@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from edgekit.cli import run_command
+from edgekit.cli._options import engine_choice
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,7 +31,7 @@ from edgekit.cli import run_command
               help="Largest micro-batch (texts) of the micro-batching server.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="How long a request may wait for company in the micro-batching server.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tflite"]), default="auto",
+@click.option("--backend", type=engine_choice(), default="auto",
               show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the engine's).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -28,7 +28,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from edgekit.errors import ModelError
 
 __all__ = [
+    "ExportWrapper",
     "HEAD_FILE",
+    "MASK_NEGATIVE",
     "POOLING_KEY",
     "PooledClassifier",
     "base_pooling",
@@ -168,3 +170,28 @@ def load_classifier(model_dir: Path, *, attn_implementation: str | None = None):
     except RuntimeError as exc:
         raise ModelError(f"{model_dir}/{HEAD_FILE} does not fit {len(labels)} labels: {exc}") from exc
     return PooledClassifier(encoder, labels, pooling, head=head).eval()
+
+
+# Added to attention scores at padded positions. transformers uses float32's minimum, which
+# wrecks the activation ranges static int8 calibration sees; -30 gives exp(-30) ~ 1e-13 after
+# softmax (the same outputs in fp32) with a sane range (NOTES.md: rescued static quantization).
+MASK_NEGATIVE = -30.0
+
+
+class ExportWrapper(torch.nn.Module):
+    """(input_ids, attention_mask) int64 → logits float32; the graph every format exports."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        base = getattr(model, model.base_model_prefix, model)
+
+        def finite_mask(attention_mask, input_shape=None, dtype=None):
+            mask = attention_mask[:, None, None, :].to(torch.float32)
+            return (1.0 - mask) * MASK_NEGATIVE
+
+        # Eager attention calls get_extended_attention_mask; replace it on this instance only.
+        base.get_extended_attention_mask = finite_mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits

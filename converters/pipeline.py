@@ -32,7 +32,6 @@ from edgekit.timing import StageTimer
 __all__ = ["Candidate", "ConvertResult", "choose_lengths", "convert"]
 
 log = logging.getLogger(__name__)
-_REQUIRES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino", "nncf"), "tflite": ("litert_torch", "ai_edge_litert")}
 
 
 @dataclass
@@ -75,12 +74,19 @@ def choose_lengths(lengths: list[int], max_length: int | None, buckets: tuple[in
     return max_length, buckets, p99
 
 
-def _require(targets: list[str]) -> None:
+def _targets(config: ConvertConfig) -> list[str]:
+    """The formats to convert to (every default format when none is given), each checked installable."""
     from edgekit.deps import require
+    from edgekit.converters.exporters import load_formats
 
+    formats = load_formats()
+    names = config.targets or [n for n in formats if formats.get(n).default_target]
+    targets = list(dict.fromkeys(formats.canonical(t) for t in names))
     require("torch", "transformers", "accelerate", extra="convert", what="edgekit convert")
     for target in targets:
-        require(*_REQUIRES[target], extra="convert", what=f"the {target} target")
+        spec = formats.get(target)
+        require(*spec.requires, extra=spec.extra, what=f"the {target} target")
+    return targets
 
 
 def _dir_size(directory: Path, files: list[str]) -> int:
@@ -88,10 +94,7 @@ def _dir_size(directory: Path, files: list[str]) -> int:
 
 
 def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> ConvertResult:
-    from edgekit.converters.exporters import EXPORTERS
-
-    targets = list(dict.fromkeys(EXPORTERS.canonical(t) for t in config.targets))
-    _require(targets)
+    targets = _targets(config)
     from edgekit.converters.evaluate import label_ids, load_classifier_dir
 
     train, val, test = load_splits(
@@ -180,7 +183,13 @@ def _make_student(config, teacher, teacher_tok, labels, train, val, unlabeled, w
                   timer, teacher_sha, t_val):
     """Choose the start (probes), prune its vocabulary, distil; save the student into ``work``."""
     from edgekit.converters.calibrate import fit_temperature
-    from edgekit.converters.distill import TransferSet, choose_start, distill, student_candidates, transfer_texts
+    from edgekit.converters.distill import (
+        TransferSet,
+        choose_start,
+        distill,
+        student_candidates,
+        transfer_texts,
+    )
     from edgekit.converters.evaluate import label_ids
 
     dconfig = _distill_config(config, max_length)
@@ -243,10 +252,9 @@ def _distill_config(config: ConvertConfig, max_length: int):
 
 def _prune(model, tokenizer, corpus, val, pruned_dir, max_length, echo):
     """Prune the start's vocabulary before training; check it answers validation as before."""
-    from transformers import AutoTokenizer
-
     from edgekit.converters.training import predict_logits
     from edgekit.converters.vocab import prune_vocabulary
+    from transformers import AutoTokenizer
 
     before = predict_logits(model, tokenizer, val.texts, max_length=max_length).argmax(-1)
     pruned = prune_vocabulary(model, tokenizer, corpus, pruned_dir)
@@ -261,14 +269,13 @@ def _prune(model, tokenizer, corpus, val, pruned_dir, max_length, echo):
 
 def _export_all(config, targets, student_dir, train, val, test, labels, max_length, buckets,
                 y_val, y_test, teacher_val_pred, teacher_test_pred, work, echo, *, timer) -> list[Candidate]:
-    from tqdm.auto import tqdm
-
     from edgekit.converters.calibrate import calibrate, cascade_at, risk_coverage
     from edgekit.converters.classifier import pooling_of
     from edgekit.converters.exporters import get_exporter
     from edgekit.converters.exporters.inputs import export_inputs_for
     from edgekit.converters.measure import batched_logits, latency_ms
     from edgekit.runtime.model import load_bundle_model
+    from tqdm.auto import tqdm
 
     rng = np.random.default_rng(config.seed)
     calib_texts = [train.texts[i] for i in rng.permutation(len(train))[:300]]
@@ -350,9 +357,8 @@ def _row(c: Candidate) -> dict:
 
 
 def _write_bundle(c: Candidate, out: Path, labels, max_length, provenance, teacher_row) -> Path:
-    from edgekit.device import device_record, library_versions
-
     from edgekit.atomic import building_dir
+    from edgekit.device import device_record, library_versions
 
     final = out / c.name
     with building_dir(final) as tmp:

@@ -13,9 +13,7 @@ from typing import Any
 
 from edgekit.errors import ConfigError
 
-__all__ = ["ConvertConfig", "DEFAULT_TARGETS"]
-
-DEFAULT_TARGETS = ("onnx", "openvino", "tflite")
+__all__ = ["ConvertConfig"]
 _PATHS = ("model_dir", "train", "validation", "test", "out", "unlabeled", "student")
 
 
@@ -26,7 +24,7 @@ class ConvertConfig:
     validation: Path
     test: Path
     out: Path
-    targets: tuple[str, ...] = DEFAULT_TARGETS
+    targets: tuple[str, ...] | None = None  # None: every registered format (edgekit.registry.FORMATS)
     # variants to try per format, e.g. {"onnx": ["fp32", "int8-dynamic"]}; absent = all
     variants: dict[str, list[str]] = field(default_factory=dict)
     unlabeled: Path | None = None
@@ -58,7 +56,7 @@ class ConvertConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.targets:
+        if self.targets is not None and not self.targets:
             raise ConfigError("give at least one target")
         if self.max_accuracy_drop < 0:
             raise ConfigError("--max-accuracy-drop must be >= 0")

@@ -35,13 +35,16 @@ _FINETUNE = {
     # head); recipe 2: the pooled classifier of issue 10 (recipe 1 read the encoder at [CLS])
     "recipe": 2,
 }
-# Variants the demo tries, one int8 per format plus ONNX fp32, to keep the demo to minutes on
-# 2 cores; `edgekit convert` without --variant tries them all.
-_VARIANTS = {
-    "onnx": ["fp32", "int8-dynamic"],
-    "openvino": ["int8-weights"],
-    "tflite": ["int8-dynamic"],
-}
+
+
+def _demo_variants() -> dict[str, list[str]]:
+    """What each registered format's spec says the demo tries (a few variants, to stay within
+    minutes on 2 cores); ``edgekit convert`` without --variant tries them all."""
+    from edgekit.converters.exporters import load_formats
+
+    formats = load_formats()
+    return {name: list(formats.get(name).demo_variants) for name in formats if formats.get(name).default_target}
+
 # The demo converts with convert's own defaults (the student start probed, the 1-point accuracy gate
 # on): a bundle that misses the gate stops the demo, as it would stop a user's convert.
 _CONVERT: dict = {}
@@ -124,7 +127,7 @@ def run_demo(out: Path, echo: Callable[[str], None]) -> None:
     bundles_dir = out / "bundles"
     result = convert(
         ConvertConfig(model_dir=model_dir, train=split_path("train"), validation=split_path("validation"),
-                      test=split_path("test"), out=bundles_dir, variants=_VARIANTS, **_CONVERT),
+                      test=split_path("test"), out=bundles_dir, variants=_demo_variants(), **_CONVERT),
         echo=lambda s: echo("    " + s),
     )
     echo(f"    bundles: {', '.join(p.name for p in result.bundles)}; report: {bundles_dir / 'report.md'}")

@@ -69,7 +69,11 @@ def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
 
 def library_versions() -> dict[str, str]:
     out = {}
-    for name in _LIBRARIES:
+    from edgekit.registry import ENGINES
+
+    # the engines registered in this process (the runtime loaded them) name their own packages
+    engines = [d for name in ENGINES for d in ENGINES.get(name).distributions]
+    for name in dict.fromkeys([*_LIBRARIES, *engines]):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

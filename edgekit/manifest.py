@@ -20,10 +20,12 @@ from edgekit.errors import ManifestError
 __all__ = [
     "Calibration",
     "MANIFEST_NAME",
+    "MODEL_INPUTS",
     "Manifest",
     "SCHEMA_VERSION",
     "atomic_write_text",
     "sha256_file",
+    "signature_name",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -66,6 +68,16 @@ class Calibration:
             raise ManifestError(f"calibration threshold must lie in [0, 1], got {self.threshold}")
 
 
+# The graph every exporter writes takes these inputs, in this order (int64 or int32 token ids and
+# mask); backends read the names from the manifest, exporters write them there.
+MODEL_INPUTS = ("input_ids", "attention_mask")
+
+
+def signature_name(length: int) -> str:
+    """The signature of a static-shape model (TFLite) that takes inputs padded to ``length``."""
+    return f"seq_{length}"
+
+
 @dataclass
 class Manifest:
     """What a bundle is. ``files`` maps each file name in the bundle to its sha256."""
@@ -80,7 +92,7 @@ class Manifest:
     tokenizer_file: str = "tokenizer.json"
     # Fixed sequence lengths for formats with static shapes (TFLite); empty = dynamic axes.
     buckets: list[int] = field(default_factory=list)
-    inputs: list[str] = field(default_factory=lambda: ["input_ids", "attention_mask"])
+    inputs: list[str] = field(default_factory=lambda: list(MODEL_INPUTS))
     # How the model pools token states into the sentence vector: "mean" (masked mean, as
     # sentence-transformers encoders were trained) or "cls". The pooling is inside the exported
     # graph (every backend feeds ids + mask and reads logits); recorded so a reader knows.

@@ -1,25 +1,22 @@
-"""Exporters per format behind one registry (see :mod:`.base`)."""
+"""Exporters, one module per format, each registering its :class:`~edgekit.registry.FormatSpec`.
+
+Adding a format is adding a module here (an ``Exporter`` and its spec) plus an engine that serves
+it in ``edgekit.runtime.backends``: see ARCHITECTURE.md.
+"""
 
 from __future__ import annotations
 
-import importlib
+from edgekit.converters.exporters.base import Exporter
+from edgekit.registry import FORMATS, FormatSpec, Registry, import_package_modules
 
-from edgekit.converters.exporters.base import EXPORTERS, Exporter
-
-__all__ = ["EXPORTERS", "get_exporter"]
-
-
-def _lazy(module: str, cls: str):
-    def factory() -> Exporter:
-        return getattr(importlib.import_module(f"edgekit.converters.exporters.{module}"), cls)()
-
-    return factory
+__all__ = ["get_exporter", "load_formats"]
 
 
-EXPORTERS.add("onnx", _lazy("onnx", "OnnxExporter"))
-EXPORTERS.add("openvino", _lazy("openvino", "OpenVinoExporter"), aliases=("ov", "openvino-ir"))
-EXPORTERS.add("tflite", _lazy("tflite", "TfliteExporter"), aliases=("litert",))
+def load_formats() -> Registry[FormatSpec]:
+    """FORMATS with every exporter module of this package registered (light: no torch import)."""
+    import_package_modules(__name__)
+    return FORMATS
 
 
 def get_exporter(name: str) -> Exporter:
-    return EXPORTERS.get(name)()
+    return load_formats().get(name).make_exporter()

@@ -1,9 +1,14 @@
 """The exporter protocol and registry: one module per format, all of the same shape.
 
-An exporter turns the student (a torch classifier behind :class:`ExportWrapper`) into one
+An exporter turns the student (a torch classifier behind
+:class:`~edgekit.converters.classifier.ExportWrapper`) into one
 artifact per *variant* ("fp32", "int8-dynamic", ...) in a directory of its own. It does not
 evaluate or decide: the pipeline loads every artifact with the runtime backend, measures it,
 and keeps what passes the accuracy gate.
+
+Each exporter module registers one :class:`~edgekit.registry.FormatSpec` (in
+:data:`edgekit.registry.FORMATS`) at import and imports its heavy libraries (torch, onnx,
+openvino, litert-torch) only inside its functions, so listing the formats stays light.
 """
 
 from __future__ import annotations
@@ -14,40 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
-from edgekit.registry import Registry
-
-__all__ = ["EXPORTERS", "ExportInputs", "ExportWrapper", "ExportedArtifact", "Exporter", "MASK_NEGATIVE"]
-
-# Added to attention scores at padded positions. transformers uses float32's minimum, which
-# wrecks the activation ranges static int8 calibration sees; -30 gives exp(-30) ~ 1e-13 after
-# softmax (the same outputs in fp32) with a sane range (NOTES.md: rescued static quantization).
-MASK_NEGATIVE = -30.0
-
-
-class ExportWrapper(torch.nn.Module):
-    """(input_ids, attention_mask) int64 → logits float32; the graph every format exports."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        base = getattr(model, model.base_model_prefix, model)
-
-        def finite_mask(attention_mask, input_shape=None, dtype=None):
-            mask = attention_mask[:, None, None, :].to(torch.float32)
-            return (1.0 - mask) * MASK_NEGATIVE
-
-        # Eager attention calls get_extended_attention_mask; replace it on this instance only.
-        base.get_extended_attention_mask = finite_mask
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
+__all__ = ["ExportInputs", "ExportedArtifact", "Exporter"]
 
 @dataclass(frozen=True)
 class ExportInputs:
-    wrapper: ExportWrapper  # eval mode, CPU, eager attention
+    wrapper: Any  # an ExportWrapper (torch): eval mode, CPU, eager attention
     tokenizer_file: Path  # the student's tokenizer.json (copied into the bundle by the pipeline)
     num_labels: int
     max_length: int
@@ -77,5 +54,3 @@ class Exporter(Protocol):
 
     def export(self, inputs: ExportInputs, variant: str, out_dir: Path) -> ExportedArtifact: ...
 
-
-EXPORTERS: Registry[Callable[[], Exporter]] = Registry("export target")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgekit.converters.exporters.base import ExportInputs, ExportWrapper
+from edgekit.converters.exporters.base import ExportInputs
 
 __all__ = ["export_inputs_for"]
 
@@ -23,7 +23,7 @@ def export_inputs_for(
     The tokenizer is the runtime's own (``tokenizer.json`` via the tokenizers package), so what
     the exporters calibrate on is token for token what the device will feed the model.
     """
-    from edgekit.converters.classifier import load_classifier
+    from edgekit.converters.classifier import ExportWrapper, load_classifier
     from edgekit.runtime.tokenize import TextTokenizer
 
     if model is None:

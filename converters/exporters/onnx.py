@@ -9,12 +9,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import torch
-
 from edgekit.converters.exporters.base import ExportedArtifact, ExportInputs
-from edgekit.errors import ConversionError
 
-__all__ = ["OnnxExporter"]
+from edgekit.errors import ConversionError
+from edgekit.registry import FORMATS, FormatSpec
+
+__all__ = ["FORMAT", "OnnxExporter"]
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,15 @@ _VARIANTS: dict[str, dict | None] = {
     "int8-dynamic-u8": {"mode": "dynamic", "weight_type": "QUInt8", "per_channel": False},
     "int8-static": {"mode": "static", "weight_type": "QInt8", "per_channel": True},
 }
+FORMAT = FORMATS.add_spec(FormatSpec(
+    name="onnx", exporter="edgekit.converters.exporters.onnx:OnnxExporter", variants=tuple(_VARIANTS),
+    demo_variants=("fp32", "int8-dynamic"), requires=("onnx", "onnxruntime"),
+))
 
 
 def export_fp32(inputs: ExportInputs, path: Path) -> None:
+    import torch
+
     ids, mask = inputs.encode(list(inputs.calibration_texts[:2]) or ["hello"], None)
     axes = {0: "batch", 1: "sequence"}
     try:

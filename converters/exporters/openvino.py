@@ -15,14 +15,16 @@ from pathlib import Path
 
 from edgekit.converters.exporters.base import ExportedArtifact, ExportInputs
 from edgekit.converters.exporters.onnx import OPSET, export_fp32
-from edgekit.errors import ConversionError, MissingDependencyError
 
-__all__ = ["OpenVinoExporter"]
+from edgekit.errors import ConversionError, MissingDependencyError
+from edgekit.manifest import MODEL_INPUTS as INPUT_NAMES
+from edgekit.registry import FORMATS, FormatSpec
+
+__all__ = ["FORMAT", "OpenVinoExporter"]
 
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ["model.xml", "model.bin"]
-INPUT_NAMES = ("input_ids", "attention_mask")
 # nncf.quantize's own default subset_size: the cap on calibration texts used.
 MAX_CALIBRATION = 300
 
@@ -33,6 +35,10 @@ _VARIANTS: dict[str, tuple[str, str]] = {
     "int8-weights": ("int8", "compress_weights"),
     "int8": ("int8", "quantize"),
 }
+FORMAT = FORMATS.add_spec(FormatSpec(
+    name="openvino", exporter="edgekit.converters.exporters.openvino:OpenVinoExporter", variants=tuple(_VARIANTS),
+    demo_variants=("int8-weights",), requires=("openvino", "nncf"), aliases=("ov", "openvino-ir"),
+))
 
 
 def _check_inputs(model) -> None:

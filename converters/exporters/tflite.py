@@ -20,13 +20,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-
 from edgekit.converters.exporters.base import ExportedArtifact, ExportInputs
-from edgekit.errors import ConversionError, MissingDependencyError
-from edgekit.runtime.backends.tflite import INPUT_NAMES, signature_name
 
-__all__ = ["TfliteExporter"]
+from edgekit.errors import ConversionError, MissingDependencyError
+from edgekit.manifest import MODEL_INPUTS as INPUT_NAMES
+from edgekit.manifest import signature_name
+from edgekit.registry import FORMATS, FormatSpec
+
+__all__ = ["FORMAT", "TfliteExporter"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ _VARIANTS: dict[str, tuple[str, str | None]] = {
     "int8-weights": ("int8", "weight_only_wi8_afp32"),
     "int8-static": ("int8", "static_wi8_ai8"),
 }
+FORMAT = FORMATS.add_spec(FormatSpec(
+    name="tflite", exporter="edgekit.converters.exporters.tflite:TfliteExporter", variants=tuple(_VARIANTS),
+    demo_variants=("int8-dynamic",), requires=("litert_torch", "ai_edge_litert"), aliases=("litert",),
+))
 
 # Root-logger records the libraries emit on every export of these models, expected here:
 # litert-torch announces the int64 -> int32 input downcast the runtime casts for, and the
@@ -105,6 +110,8 @@ def _quiet_libraries():
 
 
 def convert_fp32(inputs: ExportInputs) -> bytes:
+    import torch
+
     """The fp32 flatbuffer: one signature per bucket, inputs named input_ids/attention_mask (int32)."""
     try:
         import litert_torch

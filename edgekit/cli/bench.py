@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli._options import data_field_options
+from edgekit.cli._options import data_field_options, engine_choice
 
 _P = click.Path(path_type=Path)
 
@@ -35,7 +35,7 @@ def _ints(value: str, option: str) -> tuple[int, ...]:
 @click.option("--batch", default="1", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--latency-texts", default=200, show_default=True, type=click.IntRange(1),
               help="Test texts timed per batch size and thread count.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tflite"]), default="auto",
+@click.option("--backend", type=engine_choice(), default="auto",
               show_default=True, help="Engine for the bundles (auto: from each manifest).")
 @click.option("--no-probe", is_flag=True, help="Skip cold start and peak memory (one fresh process per artifact).")
 @data_field_options

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from edgekit.cli._options import cloud_protocol_choice, engine_choice
+
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.batching import BatchSettings
     from edgekit.runtime.cascade import CascadeSettings
@@ -80,30 +82,27 @@ def _cloud_client(target: str | None, protocol: str, model_name: str | None) -> 
         if model_name is not None:
             raise ConfigError("--cloud-model needs --cloud HOST:PORT")
         return None
-    if protocol == "kserve-v2":
-        if not model_name:
-            raise ConfigError("--cloud-protocol kserve-v2 needs --cloud-model NAME (the model to call on the v2 server)")
-        from edgekit.runtime.cloud import KServeV2CloudClient
+    from edgekit.runtime.cloud_protocols import load_cloud_protocols
 
-        return KServeV2CloudClient(target, model_name)
-    if model_name is not None:
-        raise ConfigError("--cloud-model applies to --cloud-protocol kserve-v2 only (an edgekit server serves one model)")
-    from edgekit.runtime.cloud import EdgekitCloudClient
-
-    return EdgekitCloudClient(target)
+    spec = load_cloud_protocols().get(protocol)
+    if spec.needs_model_name and not model_name:
+        raise ConfigError(f"--cloud-protocol {spec.name} needs --cloud-model NAME (the model to call on the server)")
+    if not spec.needs_model_name and model_name is not None:
+        raise ConfigError(f"--cloud-model does not apply to --cloud-protocol {spec.name} (its server serves one model)")
+    return spec.make_client(target, model_name)
 
 
 @click.command("serve")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True,
               help="Port to listen on; 0 picks a free one (printed).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "tflite"]), default="auto",
+@click.option("--backend", type=engine_choice(), default="auto",
               show_default=True, help="Inference engine; auto follows the bundle's manifest.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the engine's).")
 @click.option("--cloud", "cloud_target", metavar="HOST:PORT", default=None,
               help="Cloud model to ask when the edge model is unsure.")
-@click.option("--cloud-protocol", type=click.Choice(["edgekit", "kserve-v2"]), default="edgekit", show_default=True,
-              help="edgekit: another `edgekit serve-cloud`; kserve-v2: Triton/KServe ModelInfer.")
+@click.option("--cloud-protocol", type=cloud_protocol_choice(), default="edgekit", show_default=True,
+              help="edgekit: another `edgekit serve-cloud`; kserve-v2: Triton/KServe ModelInfer (Open Inference Protocol v2).")
 @click.option("--cloud-model", metavar="NAME", default=None, help="Model name on a kserve-v2 cloud server.")
 @click.option("--cloud-timeout-ms", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="Deadline of one cloud call.")

@@ -13,9 +13,8 @@ from typing import Protocol
 import numpy as np
 
 from edgekit.manifest import Manifest
-from edgekit.registry import Registry
 
-__all__ = ["BACKENDS", "Backend", "BackendFactory"]
+__all__ = ["Backend", "BackendFactory"]
 
 
 class Backend(Protocol):
@@ -35,6 +34,3 @@ class Backend(Protocol):
 class BackendFactory(Protocol):
     def __call__(self, bundle_dir: Path, manifest: Manifest, *, threads: int | None = None) -> Backend: ...
 
-
-# backend name -> factory; also keyed by the formats each can run (see edgekit.runtime.model)
-BACKENDS: Registry[BackendFactory] = Registry("backend")

@@ -8,8 +8,14 @@ import numpy as np
 
 from edgekit.errors import ManifestError, MissingDependencyError
 from edgekit.manifest import Manifest
+from edgekit.registry import ENGINES, EngineSpec
 
-__all__ = ["OnnxRuntimeBackend", "load"]
+__all__ = ["ENGINE", "OnnxRuntimeBackend", "load"]
+
+ENGINE = ENGINES.add_spec(EngineSpec(
+    name="onnxruntime", loader="edgekit.runtime.backends.onnxruntime:load", formats=("onnx",),
+    requires=("onnxruntime",), distributions=("onnxruntime",), aliases=("ort", "onnx-runtime"),
+))
 
 
 class OnnxRuntimeBackend:

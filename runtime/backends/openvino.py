@@ -11,11 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import ManifestError, MissingDependencyError
-from edgekit.manifest import Manifest
+from edgekit.manifest import MODEL_INPUTS, Manifest
+from edgekit.registry import ENGINES, EngineSpec
 
-__all__ = ["OpenVinoBackend", "load"]
+__all__ = ["ENGINE", "OpenVinoBackend", "load"]
 
-INPUT_NAMES = ("input_ids", "attention_mask")
+ENGINE = ENGINES.add_spec(EngineSpec(
+    # serves its own IR, and ONNX files too (after onnxruntime, the ONNX default)
+    name="openvino", loader="edgekit.runtime.backends.openvino:load", formats=("openvino", "onnx"),
+    requires=("openvino",), distributions=("openvino",), aliases=("ov",), priority=1,
+))
+
+INPUT_NAMES = MODEL_INPUTS
 MODEL_SUFFIXES = (".xml", ".onnx")
 
 

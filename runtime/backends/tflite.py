@@ -20,18 +20,25 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import InvalidInput, ManifestError, MissingDependencyError, ModelError
-from edgekit.manifest import Manifest
+from edgekit.errors import (
+    InvalidInput,
+    ManifestError,
+    MissingDependencyError,
+    ModelError,
+)
+from edgekit.manifest import MODEL_INPUTS, Manifest, signature_name
+from edgekit.registry import ENGINES, EngineSpec
 
-__all__ = ["INPUT_NAMES", "TfliteBackend", "load", "signature_name"]
+__all__ = ["ENGINE", "TfliteBackend", "load", "signature_name"]
 
-INPUT_NAMES = ("input_ids", "attention_mask")
+ENGINE = ENGINES.add_spec(EngineSpec(
+    name="tflite", loader="edgekit.runtime.backends.tflite:load", formats=("tflite",),
+    requires=("ai_edge_litert", "tflite_runtime"), distributions=("ai-edge-litert", "tflite-runtime"),
+    aliases=("litert", "tflite-runtime", "ai-edge-litert"),
+))
+
+INPUT_NAMES = MODEL_INPUTS
 _SIGNATURE = re.compile(r"seq_(\d+)")
-
-
-def signature_name(length: int) -> str:
-    """The signature that takes inputs padded to ``length`` (shared with the exporter)."""
-    return f"seq_{length}"
 
 
 def _interpreter_class():

@@ -144,7 +144,7 @@ def test_serve_prints_the_real_port_and_stops_on_sigterm(tmp_path, fake_bundle_l
     ("args", "reason"),
     [
         (["--cloud", "127.0.0.1:1", "--cloud-protocol", "kserve-v2"], "needs --cloud-model"),
-        (["--cloud", "127.0.0.1:1", "--cloud-model", "m"], "applies to --cloud-protocol kserve-v2 only"),
+        (["--cloud", "127.0.0.1:1", "--cloud-model", "m"], "does not apply to --cloud-protocol edgekit"),
         (["--cloud-model", "m"], "needs --cloud HOST:PORT"),
     ],
 )
