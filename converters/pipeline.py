@@ -23,13 +23,13 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.config import ConvertConfig
-from edgekit.data import load_dataset, load_splits
+from edgekit.data import Dataset, load_dataset, load_splits
 from edgekit.errors import AccuracyGateError, ModelError
 from edgekit.manifest import Calibration, Manifest, atomic_write_text, sha256_file
 from edgekit.metrics import classification_metrics, softmax
 from edgekit.timing import StageTimer
 
-__all__ = ["Candidate", "ConvertResult", "choose_lengths", "convert"]
+__all__ = ["Candidate", "ConvertResult", "Run", "Splits", "Teacher", "choose_lengths", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -93,228 +93,216 @@ def _dir_size(directory: Path, files: list[str]) -> int:
     return sum((directory / f).stat().st_size for f in files)
 
 
-def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> ConvertResult:
-    targets = _targets(config)
-    from edgekit.converters.evaluate import label_ids, load_classifier_dir
+@dataclass
+class Splits:
+    """The data of one conversion, its label ids and the lengths chosen from it."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    unlabeled: Dataset | None
+    labels: list[str]
+    y_val: np.ndarray
+    y_test: np.ndarray
+    max_length: int
+    buckets: tuple[int, ...]
+
+
+@dataclass
+class Teacher:
+    """The cloud model and its answers on validation and test (from the cache when present)."""
+
+    model: Any
+    tokenizer: Any
+    sha256: dict[str, str]  # weight file -> sha256 (provenance, cache key)
+    val_logits: np.ndarray
+    test_logits: np.ndarray
+    row: dict[str, Any]  # its report row
+
+    @property
+    def val_pred(self) -> np.ndarray:
+        return self.val_logits.argmax(-1)
+
+    @property
+    def test_pred(self) -> np.ndarray:
+        return self.test_logits.argmax(-1)
+
+
+@dataclass
+class Run:
+    """What every stage of one conversion reads: options, data, teacher, scratch directory, output."""
+
+    config: ConvertConfig
+    data: Splits
+    teacher: Teacher
+    work: Path
+    echo: Callable[[str], None]
+    timer: StageTimer
+
+    def teacher_logits(self, texts, note, pooled: bool = False):
+        """The teacher's logits (and pooled features) for ``texts``: cached on disk by weights + texts."""
+        from edgekit.converters.teacher_cache import teacher_outputs
+
+        out = teacher_outputs(self.teacher.model, self.teacher.tokenizer, list(texts),
+                              max_length=self.data.max_length, weights_sha256=self.teacher.sha256,
+                              pooled=pooled, use_cache=self.config.teacher_cache)
+        note("cached" if out.cached else "computed")
+        return out
+
+
+def _load_splits(config: ConvertConfig, teacher_tokenizer, labels: list[str], echo) -> Splits:
+    from edgekit.converters.evaluate import label_ids
 
     train, val, test = load_splits(
         config.train, config.validation, config.test, text_field=config.text_field, label_field=config.label_field
     )
     unlabeled = load_dataset(config.unlabeled, text_field=config.text_field, label_field=None) if config.unlabeled else None
-    teacher, teacher_tok, labels = load_classifier_dir(config.model_dir)
     extra = sorted(set(train.labels) - set(labels))
     if extra:
         raise ModelError(
             f"{config.train}: labels {', '.join(map(repr, extra[:5]))} are not labels of the model in "
             f"{config.model_dir} ({len(labels)} labels: {', '.join(labels[:5])}, ...)"
         )
-    y_val, y_test = label_ids(val, labels), label_ids(test, labels)
-    lengths = [len(ids) for ids in teacher_tok(list(train.texts))["input_ids"]]
+    lengths = [len(ids) for ids in teacher_tokenizer(list(train.texts))["input_ids"]]
     max_length, buckets, p99 = choose_lengths(lengths, config.max_length, config.buckets)
     echo(f"data: {len(train)} train / {len(val)} validation / {len(test)} test texts, {len(labels)} labels; "
          f"99th-percentile length {p99} tokens → max_length {max_length}, buckets {list(buckets)}")
+    return Splits(train, val, test, unlabeled, labels, label_ids(val, labels), label_ids(test, labels),
+                  max_length, buckets)
 
-    timer = StageTimer(echo)
-    teacher_files = [p for p in Path(config.model_dir).iterdir() if p.suffix in (".safetensors", ".bin")]
-    teacher_sha = {p.name: sha256_file(p) for p in teacher_files}
+
+def _load_teacher(config: ConvertConfig, echo, timer: StageTimer) -> tuple[Teacher, Splits]:
+    from edgekit.converters.evaluate import load_classifier_dir
+
+    model, tokenizer, labels = load_classifier_dir(config.model_dir)
+    data = _load_splits(config, tokenizer, labels, echo)
+    files = [p for p in Path(config.model_dir).iterdir() if p.suffix in (".safetensors", ".bin")]
+    teacher = Teacher(model, tokenizer, {p.name: sha256_file(p) for p in files}, np.zeros(0), np.zeros(0), {})
+    probe = Run(config, data, teacher, Path(), echo, timer)
     with timer.stage("teacher scoring (validation, test)") as note:
-        t_val = _teacher_logits(teacher, teacher_tok, val.texts, max_length, teacher_sha, config, note)
-        t_test = _teacher_logits(teacher, teacher_tok, test.texts, max_length, teacher_sha, config, note)
-    teacher_val_pred, teacher_test_pred = t_val.argmax(-1), t_test.argmax(-1)
-    teacher_row = {
+        teacher.val_logits = probe.teacher_logits(data.val.texts, note).logits
+        teacher.test_logits = probe.teacher_logits(data.test.texts, note).logits
+    teacher.row = {
         "artifact": "teacher", "format": "torch", "precision": "fp32", "variant": "fp32",
-        "size_bytes": sum(p.stat().st_size for p in teacher_files),
-        **classification_metrics(t_test, y_test, teacher_pred=teacher_test_pred),
+        "size_bytes": sum(p.stat().st_size for p in files),
+        **classification_metrics(teacher.test_logits, data.y_test, teacher_pred=teacher.test_pred),
         "threshold": None, "cloud_rate": 0.0, "cascade_accuracy": None, "status": "teacher",
     }
-    teacher_row["cascade_accuracy"] = teacher_row["accuracy"]
-    echo(f"teacher: test accuracy {teacher_row['accuracy']:.4f}, size {teacher_row['size_bytes'] / 1e6:.1f} MB")
+    teacher.row["cascade_accuracy"] = teacher.row["accuracy"]
+    echo(f"teacher: test accuracy {teacher.row['accuracy']:.4f}, size {teacher.row['size_bytes'] / 1e6:.1f} MB")
+    return teacher, data
 
+
+def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> ConvertResult:
+    from edgekit.converters.student import make_student
+
+    targets = _targets(config)
+    timer = StageTimer(echo)
+    teacher, data = _load_teacher(config, echo, timer)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".edgekit-convert-", dir=out) as tmp:
-        work = Path(tmp)
-        student_dir, student_info = _make_student(config, teacher, teacher_tok, labels, train, val, unlabeled,
-                                                  work, max_length, echo, timer=timer, teacher_sha=teacher_sha,
-                                                  t_val=t_val)
-        del teacher  # the student is trained: the teacher's weights are not needed any more
-        candidates = _export_all(config, targets, student_dir, train, val, test, labels, max_length, buckets,
-                                 y_val, y_test, teacher_val_pred, teacher_test_pred, work, echo, timer=timer)
-        failures = _select(candidates, teacher_row["accuracy"], config)
-        provenance = {
-            "teacher": str(Path(config.model_dir).resolve()),
-            "teacher_sha256": teacher_sha,
-            "data": {"train": train.fingerprint(), "validation": val.fingerprint(), "test": test.fingerprint()},
-            "student": student_info,
-            "edgekit": __version__,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        from edgekit.converters.report import write_report
-
-        rows = [teacher_row] + [_row(c) for c in candidates]
-        bundles = [_write_bundle(c, out, labels, max_length, provenance, teacher_row)
-                   for c in candidates if c.status == "written"]
-        stages = {name: {"seconds": sec, "notes": sorted(set(timer.notes.get(name, [])))}
-                  for name, sec in timer.seconds.items()}
-        write_report(out, rows, candidates, teacher_row, student_info, stages)
-        atomic_write_text(out / "convert-config.yaml", config.to_yaml())
+        run = Run(config, data, teacher, Path(tmp), echo, timer)
+        student_dir, student_info = make_student(run)
+        teacher.model = None  # the student is trained: the teacher's weights are not needed any more
+        candidates = _export_all(run, targets, student_dir)
+        failures = _select(candidates, teacher.row["accuracy"], config)
+        rows = _write_outputs(run, out, candidates, student_info)
     echo(timer.summary())
     if failures and config.allow_accuracy_drop:
         echo("warning: written although below the accuracy gate (--allow-accuracy-drop): " + "; ".join(failures))
     elif failures:
         raise AccuracyGateError(
             "accuracy gate failed: " + "; ".join(failures)
-            + f" (teacher {teacher_row['accuracy']:.4f}, allowed drop {config.max_accuracy_drop} points)",
+            + f" (teacher {teacher.row['accuracy']:.4f}, allowed drop {config.max_accuracy_drop} points)",
             hint="see report.md; --allow-accuracy-drop writes them anyway",
         )
-    return ConvertResult(out, bundles, rows, teacher_row)
+    bundles = [out / c.name for c in candidates if c.status == "written"]
+    return ConvertResult(out, bundles, rows, teacher.row)
 
 
-def _teacher_logits(teacher, tokenizer, texts, max_length, teacher_sha, config, note, pooled=False):
-    from edgekit.converters.teacher_cache import teacher_outputs
+def _write_outputs(run: Run, out: Path, candidates: list[Candidate], student_info: dict) -> list[dict]:
+    """Bundles, report.json/md and the settings used; returns the report rows."""
+    from edgekit.converters.report import write_report
 
-    out = teacher_outputs(teacher, tokenizer, list(texts), max_length=max_length, weights_sha256=teacher_sha,
-                          pooled=pooled, use_cache=config.teacher_cache)
-    note("cached" if out.cached else "computed")
-    return (out.logits, out.pooled) if pooled else out.logits
-
-
-def _make_student(config, teacher, teacher_tok, labels, train, val, unlabeled, work, max_length, echo, *,
-                  timer, teacher_sha, t_val):
-    """Choose the start (probes), prune its vocabulary, distil; save the student into ``work``."""
-    from edgekit.converters.calibrate import fit_temperature
-    from edgekit.converters.distill import (
-        TransferSet,
-        choose_start,
-        distill,
-        student_candidates,
-        transfer_texts,
-    )
-    from edgekit.converters.evaluate import label_ids
-
-    dconfig = _distill_config(config, max_length)
-    y_train, y_val = label_ids(train, labels), label_ids(val, labels)
-    texts, targets = transfer_texts(train.texts, y_train.tolist(), augment_copies=config.augment,
-                                    unlabeled=list(unlabeled.texts) if unlabeled else [], seed=config.seed)
-    with timer.stage("teacher scoring (transfer set)") as note:
-        scored = _teacher_logits(teacher, teacher_tok, texts, max_length, teacher_sha, config, note,
-                                 pooled=config.hidden_weight > 0)
-    t_logits, t_pooled = scored if config.hidden_weight > 0 else (scored, None)
-    teacher_T = fit_temperature(t_val, y_val) if config.calibrate_teacher else 1.0
-    echo(f"transfer set: {len(texts)} texts ({len(train)} labelled); teacher temperature on validation "
-         f"{teacher_T:.3f}{' (used to scale its targets)' if config.calibrate_teacher else ''}")
-    with timer.stage("student start (probes)"):
-        echo("probing student starts (frozen encoder + linear probe) ...")
-        start = choose_start(student_candidates(dconfig, teacher, teacher_tok, labels), train.texts, y_train,
-                             val.texts, y_val, max_length=max_length, echo=echo)
-    chosen = start.chosen
-    echo(f"student start: {chosen.name} ({start.reason})")
-    info = {"source": chosen.name, "teacher_layers": chosen.layers if chosen.name.startswith("teacher") else None,
-            "layers": chosen.layers, "pooling": chosen.model.pooling, "probed": start.probed,
-            "choice_reason": start.reason, "probe_validation_accuracy": chosen.probe_accuracy,
-            "teacher_temperature": teacher_T}
-    model, tokenizer = chosen.model, chosen.tokenizer
-    if config.prune_vocab:
-        with timer.stage("vocabulary pruning"):
-            model, tokenizer, info["vocab_pruning"] = _prune(model, tokenizer, texts + list(val.texts), val,
-                                                             work / "student-pruned", max_length, echo)
-    with timer.stage("distillation"):
-        echo("distilling the student ...")
-        result = distill(model, tokenizer, TransferSet(texts, targets, t_logits, t_pooled), val.texts, y_val,
-                         dconfig, teacher_temperature=teacher_T)
-    info.update(parameters=sum(p.numel() for p in result.model.parameters()),
-                validation_accuracy=result.validation_accuracy, best_epoch=result.best_epoch,
-                epochs_planned=result.epochs_planned, history=result.history)
-    echo(f"student: {info['parameters'] / 1e6:.1f}M parameters, validation accuracy {result.validation_accuracy:.4f} "
-         f"(best epoch {result.best_epoch} of {sum(1 for h in result.history if h['epoch'])} run, "
-         f"{result.epochs_planned} planned; epoch 0 is the frozen start with its probe head, "
-         f"{chosen.probe_accuracy:.4f})")
-    student_dir = work / "student"
-    result.model.save_pretrained(student_dir, safe_serialization=True)
-    result.tokenizer.save_pretrained(student_dir)
-    return student_dir, info
+    data, teacher = run.data, run.teacher
+    provenance = {
+        "teacher": str(Path(run.config.model_dir).resolve()),
+        "teacher_sha256": teacher.sha256,
+        "data": {"train": data.train.fingerprint(), "validation": data.val.fingerprint(),
+                 "test": data.test.fingerprint()},
+        "student": student_info,
+        "edgekit": __version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    rows = [teacher.row] + [_row(c) for c in candidates]
+    for c in candidates:
+        if c.status == "written":
+            _write_bundle(c, out, data.labels, data.max_length, provenance, teacher.row)
+    stages = {name: {"seconds": sec, "notes": sorted(set(run.timer.notes.get(name, [])))}
+              for name, sec in run.timer.seconds.items()}
+    write_report(out, rows, candidates, teacher.row, student_info, stages)
+    atomic_write_text(out / "convert-config.yaml", run.config.to_yaml())
+    return rows
 
 
-def _distill_config(config: ConvertConfig, max_length: int):
-    from edgekit.converters.distill import DistillConfig
-
-    student = config.student
-    if student is not None and str(student) == "teacher-layers":
-        student = None
-    return DistillConfig(
-        student=student, layers=config.student_layers, epochs=config.epochs, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, head_learning_rate=config.head_learning_rate,
-        temperature=config.distill_temperature, alpha=config.alpha, calibrate_teacher=config.calibrate_teacher,
-        hidden_weight=config.hidden_weight, augment=config.augment, max_length=max_length, seed=config.seed,
-        progress=config.progress,
-    )
-
-
-def _prune(model, tokenizer, corpus, val, pruned_dir, max_length, echo):
-    """Prune the start's vocabulary before training; check it answers validation as before."""
-    from edgekit.converters.training import predict_logits
-    from edgekit.converters.vocab import prune_vocabulary
-    from transformers import AutoTokenizer
-
-    before = predict_logits(model, tokenizer, val.texts, max_length=max_length).argmax(-1)
-    pruned = prune_vocabulary(model, tokenizer, corpus, pruned_dir)
-    tokenizer = AutoTokenizer.from_pretrained(pruned_dir, use_fast=True)
-    after = predict_logits(model, tokenizer, val.texts, max_length=max_length).argmax(-1)
-    agreement = float((after == before).mean())
-    echo(f"vocabulary pruned {pruned.old_size} → {pruned.new_size} tokens "
-         f"({pruned.bytes_saved / 1e6:.1f} MB fp32 saved), agreement with the unpruned start {agreement:.4f}")
-    return model, tokenizer, {"tokens_before": pruned.old_size, "tokens_after": pruned.new_size,
-                              "bytes_saved_fp32": pruned.bytes_saved, "agreement_with_unpruned": agreement}
-
-
-def _export_all(config, targets, student_dir, train, val, test, labels, max_length, buckets,
-                y_val, y_test, teacher_val_pred, teacher_test_pred, work, echo, *, timer) -> list[Candidate]:
-    from edgekit.converters.calibrate import calibrate, cascade_at, risk_coverage
+def _export_all(run: Run, targets: list[str], student_dir: Path) -> list[Candidate]:
+    """Every variant of every target, exported and measured through the runtime that will serve it."""
     from edgekit.converters.classifier import pooling_of
     from edgekit.converters.exporters import get_exporter
     from edgekit.converters.exporters.inputs import export_inputs_for
-    from edgekit.converters.measure import batched_logits, latency_ms
-    from edgekit.runtime.model import load_bundle_model
     from tqdm.auto import tqdm
 
+    config, data = run.config, run.data
     rng = np.random.default_rng(config.seed)
-    calib_texts = [train.texts[i] for i in rng.permutation(len(train))[:300]]
-    inputs = export_inputs_for(student_dir, max_length=max_length, buckets=buckets, calibration_texts=calib_texts)
+    calib_texts = [data.train.texts[i] for i in rng.permutation(len(data.train))[:300]]
+    inputs = export_inputs_for(student_dir, max_length=data.max_length, buckets=data.buckets,
+                               calibration_texts=calib_texts)
     # one exporter per format: the TFLite one converts fp32 once and quantizes every variant from it
     exporters = {fmt: get_exporter(fmt) for fmt in targets}
     plan = [(fmt, v) for fmt in targets for v in (config.variants.get(fmt) or exporters[fmt].variants())]
-    latency_texts = list(test.texts[: config.latency_texts])
     pooling = pooling_of(student_dir) or "cls"
     candidates = []
     for fmt, variant in tqdm(plan, desc="export", disable=None if config.progress else True):
-        with timer.stage(f"export {fmt}/{variant}"):
-            art = exporters[fmt].export(inputs, variant, work / "artifacts" / fmt / variant)
-        with timer.stage(f"measure {fmt}/{variant}"):
+        with run.timer.stage(f"export {fmt}/{variant}"):
+            art = exporters[fmt].export(inputs, variant, run.work / "artifacts" / fmt / variant)
+        with run.timer.stage(f"measure {fmt}/{variant}"):
             shutil.copy(student_dir / "tokenizer.json", art.directory / "tokenizer.json")
-            Manifest(format=fmt, precision=art.precision, labels=labels, model_files=art.model_files,
-                     max_length=max_length, buckets=art.buckets, pooling=pooling).save(art.directory)
-            model = load_bundle_model(art.directory, threads=1)
-            try:
-                v_logits, t_logits = batched_logits(model, val.texts), batched_logits(model, test.texts)
-                speed = latency_ms(model, latency_texts)
-            finally:
-                model.close()
-            cal = calibrate(v_logits, y_val, teacher_val_pred, tolerance=config.cascade_tolerance / 100,
-                            max_cloud_rate=config.max_cloud_rate)
-            probs = softmax(t_logits, cal.temperature)
-            scores, pred = probs.max(-1), probs.argmax(-1)
-            cloud_rate, cascade = cascade_at(cal.threshold, scores, pred, teacher_test_pred, y_test)
-            c = Candidate(fmt, variant, art.precision, art.directory, art.model_files, art.buckets, art.details,
-                          _dir_size(art.directory, art.model_files), calibration=cal,
-                          risk_coverage=risk_coverage(scores, pred, teacher_test_pred, y_test))
-            c.metrics = {**classification_metrics(t_logits, y_test, teacher_pred=teacher_test_pred), **speed,
-                         "threshold": cal.threshold, "temperature": cal.temperature, "cloud_rate": cloud_rate,
-                         "cascade_accuracy": cascade, "ece_before": cal.ece_before, "ece_after": cal.ece_after}
-        echo(f"  {fmt}/{variant}: accuracy {c.metrics['accuracy']:.4f}, agreement {c.metrics['agreement']:.4f}, "
-             f"{c.size_bytes / 1e6:.1f} MB, {speed['latency_ms_p50']:.2f} ms/text; cascade {cascade:.4f} "
-             f"at {cloud_rate:.1%} cloud")
+            Manifest(format=fmt, precision=art.precision, labels=data.labels, model_files=art.model_files,
+                     max_length=data.max_length, buckets=art.buckets, pooling=pooling).save(art.directory)
+            c = _measure(run, art)
+        run.echo(f"  {fmt}/{variant}: accuracy {c.metrics['accuracy']:.4f}, agreement {c.metrics['agreement']:.4f}, "
+                 f"{c.size_bytes / 1e6:.1f} MB, {c.metrics['latency_ms_p50']:.2f} ms/text; cascade "
+                 f"{c.metrics['cascade_accuracy']:.4f} at {c.metrics['cloud_rate']:.1%} cloud")
         candidates.append(c)
     return candidates
+
+
+def _measure(run: Run, art) -> Candidate:
+    """Accuracy, latency, calibration and cascade of one artifact, loaded by its runtime backend."""
+    from edgekit.converters.calibrate import calibrate, cascade_at, risk_coverage
+    from edgekit.converters.measure import batched_logits, latency_ms
+    from edgekit.runtime.model import load_bundle_model
+
+    config, data, teacher = run.config, run.data, run.teacher
+    model = load_bundle_model(art.directory, threads=1)
+    try:
+        v_logits, t_logits = batched_logits(model, data.val.texts), batched_logits(model, data.test.texts)
+        speed = latency_ms(model, list(data.test.texts[: config.latency_texts]))
+    finally:
+        model.close()
+    cal = calibrate(v_logits, data.y_val, teacher.val_pred, tolerance=config.cascade_tolerance / 100,
+                    max_cloud_rate=config.max_cloud_rate)
+    probs = softmax(t_logits, cal.temperature)
+    scores, pred = probs.max(-1), probs.argmax(-1)
+    cloud_rate, cascade = cascade_at(cal.threshold, scores, pred, teacher.test_pred, data.y_test)
+    c = Candidate(art.format, art.variant, art.precision, art.directory, art.model_files, art.buckets, art.details,
+                  _dir_size(art.directory, art.model_files), calibration=cal,
+                  risk_coverage=risk_coverage(scores, pred, teacher.test_pred, data.y_test))
+    c.metrics = {**classification_metrics(t_logits, data.y_test, teacher_pred=teacher.test_pred), **speed,
+                 "threshold": cal.threshold, "temperature": cal.temperature, "cloud_rate": cloud_rate,
+                 "cascade_accuracy": cascade, "ece_before": cal.ece_before, "ece_after": cal.ece_after}
+    return c
 
 
 def _select(candidates: list[Candidate], teacher_accuracy: float, config: ConvertConfig) -> list[str]:
