@@ -270,6 +270,25 @@ def transfer_texts(train_texts, train_y, *, augment_copies: bool, unlabeled=(), 
     return texts, targets
 
 
+def _kd_loss(alpha: float, T: float, hidden: float):
+    """alpha * KL(student || teacher at T) * T^2 + (1 - alpha) * CE on labelled texts [+ pooled alignment]."""
+
+    def loss_fn(m, batch):
+        pooled, _ = m.student.pool(batch["input_ids"], batch["attention_mask"])
+        s = m.student.classifier(m.student.dropout(pooled))
+        loss = alpha * T * T * F.kl_div(F.log_softmax(s / T, -1), F.softmax(batch["t_logits"] / T, -1),
+                                        reduction="batchmean")
+        labelled = batch["labels"] != -100
+        if labelled.any():
+            loss = loss + (1 - alpha) * F.cross_entropy(s[labelled], batch["labels"][labelled])
+        if hidden:
+            projected = m.projection(pooled)
+            loss = loss + hidden * (1 - F.cosine_similarity(projected, batch["t_pooled"], -1).mean())
+        return loss
+
+    return loss_fn
+
+
 def distill(student, tokenizer, transfer: TransferSet, val_texts, y_val, config: DistillConfig,
             teacher_temperature: float = 1.0) -> DistillResult:
     """Train ``student`` (a PooledClassifier, head already warm) on ``transfer``; best epoch restored."""
@@ -289,7 +308,6 @@ def distill(student, tokenizer, transfer: TransferSet, val_texts, y_val, config:
     t_pooled = torch.from_numpy(transfer.teacher_pooled) if transfer.teacher_pooled is not None else None
     hidden = config.hidden_weight if t_pooled is not None else 0.0
     module = _DistillModule(student, t_pooled.shape[1] if hidden else None)
-    T = config.temperature
     epochs = config.epochs or epochs_for(len(texts), config.batch_size, min_steps=config.min_steps,
                                          max_epochs=config.max_epochs)
 
@@ -301,19 +319,7 @@ def distill(student, tokenizer, transfer: TransferSet, val_texts, y_val, config:
             batch["t_pooled"] = t_pooled[idx]
         return batch
 
-    def loss_fn(m, batch):
-        pooled, _ = m.student.pool(batch["input_ids"], batch["attention_mask"])
-        s = m.student.classifier(m.student.dropout(pooled))
-        loss = config.alpha * T * T * F.kl_div(
-            F.log_softmax(s / T, -1), F.softmax(batch["t_logits"] / T, -1), reduction="batchmean"
-        )
-        labelled = batch["labels"] != -100
-        if labelled.any():
-            loss = loss + (1 - config.alpha) * F.cross_entropy(s[labelled], batch["labels"][labelled])
-        if hidden:
-            projected = m.projection(pooled)
-            loss = loss + hidden * (1 - F.cosine_similarity(projected, batch["t_pooled"], -1).mean())
-        return loss
+    loss_fn = _kd_loss(config.alpha, config.temperature, hidden)
 
     y_val = np.asarray(y_val)
 

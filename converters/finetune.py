@@ -134,10 +134,19 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         description="finetune",
     )
 
-    record = {
+    record = _record(config, base_dir, model.pooling, labels, probe_accuracy, result, train_ds, val_ds)
+    out = Path(config.out)
+    _write_model_dir(model, tokenizer, record, out)
+    return FinetuneResult(out, result.best_score, labels, result.best_epoch, probe_accuracy)
+
+
+def _record(config: FinetuneConfig, base_dir: Path, pooling: str, labels: list[str], probe_accuracy, result,
+            train_ds, val_ds) -> dict:
+    """What edgekit_training.json says of the model: base, pooling, scores, history, data, options."""
+    return {
         "base": str(config.base or "minilm-l6"),
         "base_dir": str(base_dir),
-        "pooling": model.pooling,
+        "pooling": pooling,
         "labels": labels,
         "probe_validation_accuracy": probe_accuracy,
         "validation_accuracy": result.best_score,
@@ -147,9 +156,6 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         "data": {"train": train_ds.fingerprint(), "validation": val_ds.fingerprint()},
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
     }
-    out = Path(config.out)
-    _write_model_dir(model, tokenizer, record, out)
-    return FinetuneResult(out, result.best_score, labels, result.best_epoch, probe_accuracy)
 
 
 def _write_model_dir(model, tokenizer, record: dict, out: Path) -> None:

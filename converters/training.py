@@ -122,6 +122,44 @@ def predict_logits(model, tokenizer, texts: Sequence[str], *, max_length: int, b
     return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), np.float32)
 
 
+def _loader(dataset: Sequence, collate: Callable, config: TrainConfig, lengths: Sequence[int] | None) -> DataLoader:
+    if lengths is not None:
+        sampler = LengthBucketSampler(lengths, config.batch_size, seed=config.seed)
+        return DataLoader(list(dataset), batch_sampler=sampler, collate_fn=collate)
+    generator = torch.Generator().manual_seed(config.seed)
+    return DataLoader(list(dataset), batch_size=config.batch_size, shuffle=True, collate_fn=collate,
+                      generator=generator)
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norms; the head ("classifier.*") at its own rate."""
+    head_lr = config.head_learning_rate or config.learning_rate
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            decay = not ("bias" in name or "norm" in name.lower())
+            head = name.split(".")[-2:-1] == ["classifier"] or name.startswith("classifier.")
+            groups.setdefault((head, decay), []).append(p)
+    return torch.optim.AdamW(
+        [{"params": ps, "lr": head_lr if head else config.learning_rate,
+          "weight_decay": config.weight_decay if decay else 0.0} for (head, decay), ps in groups.items()]
+    )
+
+
+class _Best:
+    """The best validation score so far and the weights that made it (early stopping's memory)."""
+
+    def __init__(self) -> None:
+        self.score, self.epoch, self.state, self.stale = -1.0, 0, None, 0
+
+    def offer(self, model: torch.nn.Module, epoch: int, score: float) -> None:
+        if score > self.score:
+            self.score, self.epoch, self.stale = score, epoch, 0
+            self.state = copy.deepcopy(model.state_dict())
+        else:
+            self.stale += 1
+
+
 def train(
     model: torch.nn.Module,
     dataset: Sequence,
@@ -142,71 +180,62 @@ def train(
     """
     seed_everything(config.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if lengths is not None:
-        sampler = LengthBucketSampler(lengths, config.batch_size, seed=config.seed)
-        loader = DataLoader(list(dataset), batch_sampler=sampler, collate_fn=collate)
-    else:
-        generator = torch.Generator().manual_seed(config.seed)
-        loader = DataLoader(list(dataset), batch_size=config.batch_size, shuffle=True, collate_fn=collate,
-                            generator=generator)
-    head_lr = config.head_learning_rate or config.learning_rate
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            decay = not ("bias" in name or "norm" in name.lower())
-            head = name.split(".")[-2:-1] == ["classifier"] or name.startswith("classifier.")
-            groups.setdefault((head, decay), []).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": ps, "lr": head_lr if head else config.learning_rate,
-          "weight_decay": config.weight_decay if decay else 0.0} for (head, decay), ps in groups.items()]
-    )
+    loader = _loader(dataset, collate, config, lengths)
+    optimizer = _optimizer(model, config)
     steps = config.epochs * max(1, len(loader))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-
-    best_score, best_epoch, best_state, stale = -1.0, 0, None, 0
-    history: list[dict] = []
+    best, history = _Best(), []
     show = config.progress and accelerator.is_local_main_process
-    if config.evaluate_start:  # a warm start (probe head) is a candidate too: training must beat it
-        unwrapped = accelerator.unwrap_model(model)
-        best_score = evaluate(unwrapped) if accelerator.is_main_process else 0.0
-        best_state = copy.deepcopy(unwrapped.state_dict())
-        history.append({"epoch": 0, "loss": None, "validation": best_score})
-        if show:
-            tqdm.write(f"{description} start: validation {best_score:.4f}")
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        total, count = 0.0, 0
-        # disable=None: a bar on a terminal, none in a log file (the epoch line below still prints)
-        bar = tqdm(loader, desc=f"{description} epoch {epoch}/{config.epochs}", disable=None if show else True, leave=False)
-        for batch in bar:
-            loss = loss_fn(model, batch)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            total += float(loss.detach())
-            count += 1
-            bar.set_postfix(loss=f"{total / count:.4f}")
+
+    def validate(epoch: int, loss: float | None) -> float:
         unwrapped = accelerator.unwrap_model(model)
         score = evaluate(unwrapped) if accelerator.is_main_process else 0.0
-        history.append({"epoch": epoch, "loss": total / max(1, count), "validation": score})
+        history.append({"epoch": epoch, "loss": loss, "validation": score})
         if show:
-            per_epoch = (time.perf_counter() - started) / epoch
-            tqdm.write(f"{description} epoch {epoch}/{config.epochs}: loss {total / max(1, count):.4f}, "
-                       f"validation {score:.4f}{' (best)' if score > best_score else ''}, "
-                       f"{per_epoch:.0f} s/epoch, at most {per_epoch * (config.epochs - epoch) / 60:.1f} min left")
-        if score > best_score:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(unwrapped.state_dict())
-        else:
-            stale += 1
-            if stale >= config.patience:
-                log.info("early stopping after epoch %d (best %d)", epoch, best_epoch)
-                break
+            _report_epoch(description, epoch, config.epochs, loss, score, score > best.score, started)
+        best.offer(unwrapped, epoch, score)
+        return score
+
+    started = time.perf_counter()
+    if config.evaluate_start:  # a warm start (probe head) is a candidate too: training must beat it
+        validate(0, None)
+    for epoch in range(1, config.epochs + 1):
+        # disable=None: a bar on a terminal, none in a log file (the epoch line still prints)
+        bar = tqdm(loader, desc=f"{description} epoch {epoch}/{config.epochs}", disable=None if show else True,
+                   leave=False)
+        validate(epoch, _one_epoch(model, bar, loss_fn, accelerator, optimizer, scheduler))
+        if best.stale >= config.patience:
+            log.info("early stopping after epoch %d (best %d)", epoch, best.epoch)
+            break
     unwrapped = accelerator.unwrap_model(model)
-    if best_state is not None:
-        unwrapped.load_state_dict(best_state)
+    if best.state is not None:
+        unwrapped.load_state_dict(best.state)
     unwrapped.eval()
-    return TrainResult(best_epoch, best_score, history)
+    return TrainResult(best.epoch, best.score, history)
+
+
+def _one_epoch(model, bar, loss_fn, accelerator, optimizer, scheduler) -> float:
+    model.train()
+    total, count = 0.0, 0
+    for batch in bar:
+        loss = loss_fn(model, batch)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        total += float(loss.detach())
+        count += 1
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(1, count)
+
+
+def _report_epoch(description: str, epoch: int, epochs: int, loss: float | None, score: float, improved: bool,
+                  started: float) -> None:
+    if epoch == 0:
+        tqdm.write(f"{description} start: validation {score:.4f}")
+        return
+    per_epoch = (time.perf_counter() - started) / epoch
+    tqdm.write(f"{description} epoch {epoch}/{epochs}: loss {loss:.4f}, validation {score:.4f}"
+               f"{' (best)' if improved else ''}, {per_epoch:.0f} s/epoch, "
+               f"at most {per_epoch * (epochs - epoch) / 60:.1f} min left")
