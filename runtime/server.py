@@ -19,27 +19,33 @@ import signal
 import threading
 from collections.abc import Sequence
 from concurrent import futures
+from dataclasses import dataclass, field, replace
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+from edgekit.runtime.batching import BatchSettings
+from edgekit.runtime.cascade import CascadeSettings
+from edgekit.runtime.dataplane import WARMUP_TEXTS, DataPlane, Limits
+from edgekit.runtime.grpc import edgekit_pb2_grpc, grpc_predict_v2_pb2_grpc
+from edgekit.runtime.grpc.servicers import (
+    SERVICE_NAMES,
+    EdgeClassifierServicer,
+    ErrorInterceptor,
+    InferenceServicer,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from edgekit.errors import ConfigError
-from edgekit.runtime.batching import BatchSettings
-from edgekit.runtime.cascade import CascadeSettings
-from edgekit.runtime.dataplane import WARMUP_TEXTS, DataPlane, Limits
-from edgekit.runtime.grpc import edgekit_pb2_grpc, grpc_predict_v2_pb2_grpc
-from edgekit.runtime.grpc.servicers import SERVICE_NAMES, EdgeClassifierServicer, ErrorInterceptor, InferenceServicer
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.cloud import CloudClient
     from edgekit.runtime.types import LogitModel
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "EdgeServer", "build_server"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "EdgeServer", "ServerSettings", "build_server"]
 
 log = logging.getLogger(__name__)
 
@@ -191,43 +197,36 @@ class EdgeServer:
         self.stop()
 
 
-def build_server(
-    model: LogitModel,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    cloud: CloudClient | None = None,
-    cascade: CascadeSettings | None = None,
-    batching: BatchSettings | None = None,
-    limits: Limits | None = None,
-    metrics_port: int | None = None,
-    max_workers: int = 16,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    warmup_texts: Sequence[str] = WARMUP_TEXTS,
-) -> EdgeServer:
-    """Serve ``model`` (falling back to ``cloud``) on host:port; returns the started, ready server.
+@dataclass(frozen=True)
+class ServerSettings:
+    """How ``edgekit serve`` serves: address, engine-facing policies and gRPC limits."""
 
-    ``port=0`` lets the OS choose; read it from ``server.port``. ``metrics_port`` (0 for
-    any) exposes Prometheus metrics over HTTP on the same host. The server takes
-    ownership of ``model`` and ``cloud``: ``stop()`` closes them.
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: the OS picks one (read server.port)
+    cascade: CascadeSettings = field(default_factory=CascadeSettings)
+    batching: BatchSettings = field(default_factory=BatchSettings)
+    limits: Limits = field(default_factory=Limits)
+    metrics_port: int | None = None  # Prometheus over HTTP on the same host (0: any port)
+    max_workers: int = 16
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    warmup_texts: Sequence[str] = WARMUP_TEXTS
+
+
+def build_server(model: LogitModel, settings: ServerSettings | None = None, *, cloud: CloudClient | None = None,
+                 **overrides) -> EdgeServer:
+    """Serve ``model`` (falling back to ``cloud``); returns the started, ready server.
+
+    ``overrides`` are :class:`ServerSettings` fields (``build_server(model, port=0, batching=...)``);
+    ``None`` values keep the default. The server takes ownership of ``model`` and ``cloud``:
+    ``stop()`` closes them.
     """
-    dataplane = DataPlane(
-        model,
-        cloud=cloud,
-        cascade=cascade or CascadeSettings(),
-        batching=batching or BatchSettings(),
-        limits=limits or Limits(),
-        warmup_texts=warmup_texts,
-    )
+    settings = settings or ServerSettings()
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    dataplane = DataPlane(model, cloud=cloud, cascade=settings.cascade, batching=settings.batching,
+                          limits=settings.limits, warmup_texts=settings.warmup_texts)
     try:
-        server = EdgeServer(
-            dataplane,
-            host=host,
-            port=port,
-            max_workers=max_workers,
-            max_message_bytes=max_message_bytes,
-            metrics_port=metrics_port,
-        )
+        server = EdgeServer(dataplane, host=settings.host, port=settings.port, max_workers=settings.max_workers,
+                            max_message_bytes=settings.max_message_bytes, metrics_port=settings.metrics_port)
     except BaseException:
         dataplane.close()
         raise

@@ -18,9 +18,8 @@ import click
 from edgekit.cli._options import cloud_protocol_choice, engine_choice
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgekit.runtime.batching import BatchSettings
-    from edgekit.runtime.cascade import CascadeSettings
     from edgekit.runtime.cloud import CloudClient
+    from edgekit.runtime.server import ServerSettings
     from edgekit.runtime.types import LogitModel
 
 __all__ = ["cloud_command", "command"]
@@ -48,30 +47,16 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _serve(
-    model: LogitModel,
-    *,
-    cloud: CloudClient | None,
-    cascade: CascadeSettings,
-    batching: BatchSettings,
-    host: str,
-    port: int,
-    metrics_port: int | None,
-    grace_s: float,
-    max_workers: int,
-) -> None:
+def _serve(model: LogitModel, settings: ServerSettings, *, cloud: CloudClient | None, grace_s: float) -> None:
     """Start the server (it owns model and cloud from here on), print the ready line, serve until a signal."""
     from edgekit.runtime.server import build_server
 
-    server = build_server(
-        model, host=host, port=port, cloud=cloud, cascade=cascade, batching=batching, metrics_port=metrics_port,
-        max_workers=max_workers,
-    )
+    server = build_server(model, settings, cloud=cloud)
     server.install_signal_handlers(grace_s)  # before the ready line: a script may SIGTERM right after it
     info = server.dataplane.model_info()
     click.echo(f"serving {info.name} ({info.format}/{info.precision}, backend {info.backend}) on {server.address}")
     if server.metrics_port is not None:
-        click.echo(f"metrics on http://{host}:{server.metrics_port}/metrics")
+        click.echo(f"metrics on http://{settings.host}:{server.metrics_port}/metrics")
     server.wait()
 
 
@@ -135,6 +120,7 @@ def command(
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve")
     from edgekit.runtime.batching import BatchSettings
     from edgekit.runtime.cascade import CascadeSettings
+    from edgekit.runtime.server import ServerSettings
 
     cascade = CascadeSettings(threshold=threshold, cloud_timeout_ms=cloud_timeout_ms, on_cloud_error=on_cloud_error)
     batching = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
@@ -147,10 +133,8 @@ def command(
         if cloud is not None:
             cloud.close()
         raise
-    _serve(
-        model, cloud=cloud, cascade=cascade, batching=batching,
-        host=host, port=port, metrics_port=metrics_port, grace_s=grace_s, max_workers=max_workers,
-    )
+    _serve(model, ServerSettings(host=host, port=port, cascade=cascade, batching=batching, metrics_port=metrics_port,
+                                 max_workers=max_workers), cloud=cloud, grace_s=grace_s)
 
 
 @click.command("serve-cloud")
@@ -177,11 +161,9 @@ def cloud_command(
     require("torch", "transformers", extra="convert", what="edgekit serve-cloud")
     from edgekit.converters.torch_model import load_torch_model
     from edgekit.runtime.batching import BatchSettings
-    from edgekit.runtime.cascade import CascadeSettings
+    from edgekit.runtime.server import ServerSettings
 
     batching = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
     model = load_torch_model(model_dir, device=device)
-    _serve(
-        model, cloud=None, cascade=CascadeSettings(), batching=batching,
-        host=host, port=port, metrics_port=metrics_port, grace_s=grace_s, max_workers=max_workers,
-    )
+    _serve(model, ServerSettings(host=host, port=port, batching=batching, metrics_port=metrics_port,
+                                 max_workers=max_workers), cloud=None, grace_s=grace_s)

@@ -108,7 +108,7 @@ def test_serve_prints_the_real_port_and_stops_on_sigterm(tmp_path, fake_bundle_l
     build = server_module.build_server
 
     def recording_build(*args, **kwargs):
-        assert kwargs["max_workers"] == 4
+        assert args[1].max_workers == 4  # the CLI option reached the ServerSettings
         started.append(build(*args, **kwargs))
         return started[-1]
 
