@@ -2,7 +2,7 @@
 and with micro-batching, next to the raw backend's throughput in the same run.
 
     python benchmarks/load.py BUNDLE_DIR --test TEST.jsonl [--clients 8] [--seconds 10]
-        [--max-batch-size 8] [--max-wait-ms 2] [--threads N] [--out DIR]
+        [--max-batch-size 8] [--max-wait-ms 0] [--threads N] [--out DIR]
 
 Prints a markdown table; with ``--out`` also writes ``load.json`` and ``load.md`` there.
 The library function is :func:`edgekit.bench.load.run_load`.
@@ -29,7 +29,7 @@ from edgekit.cli._options import engine_choice
               help="How long each mode runs.")
 @click.option("--max-batch-size", type=click.IntRange(min=2), default=8, show_default=True,
               help="Largest micro-batch (texts) of the micro-batching server.")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="How long a request may wait for company in the micro-batching server.")
 @click.option("--backend", type=engine_choice(), default="auto",
               show_default=True)

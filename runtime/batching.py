@@ -1,16 +1,20 @@
-"""Micro-batching: merge the texts of concurrent requests into one model call.
+"""Micro-batching: merge the texts of concurrent requests into one model call, without waiting.
 
-A transformer on a CPU costs little more for 8 texts than for 1, so under concurrent
-load it pays to hold a request for a millisecond or two and run it together with its
-neighbours. Callers block in :meth:`MicroBatcher.submit`; one worker thread gathers
-requests until ``max_batch_size`` texts are waiting or ``max_wait_ms`` has passed since
-the first one arrived, calls the batch function once on the concatenation, and hands
-each caller its own slice of the result (or the batch's exception).
+A transformer on a CPU costs little more for 8 texts than for 1, so under concurrent load it
+pays to run neighbours together. The batching here is *opportunistic* (Triton's dynamic batcher
+with no queue delay, a "leader/follower" scheme): a request that finds the model idle runs at
+once, in its caller's thread, alone; requests that arrive while the model is busy queue up, and
+when the model comes free the first of them takes every queued request (up to ``max_batch_size``
+texts) and runs them as one call. A lone kiosk query therefore never waits for company that
+will not come (issue 12: the old 2 ms wait cost 2.6 ms per call at one client), and under load
+batches form by themselves from what piled up during the previous call.
 
-Requests are never split: a request with more texts than ``max_batch_size`` runs as a
-batch of its own, and a request that would overflow the current batch waits for the
-next one. With ``max_batch_size <= 1`` there is no worker at all: ``submit`` calls the
-function directly in the caller's thread.
+``max_wait_ms > 0`` restores the old trade-off for users who want it: a leader waits up to that
+long (since its request arrived) for the batch to fill before running it.
+
+Requests are never split: a request with more texts than ``max_batch_size`` runs as a batch of
+its own, and a request that would overflow the current batch waits for the next one. With
+``max_batch_size <= 1`` every caller calls the function directly.
 
 :class:`BatchedModel` puts a batcher in front of a :class:`~edgekit.runtime.types.LogitModel`
 and is itself a LogitModel, so the cascade does not know whether batching is on.
@@ -19,11 +23,10 @@ and is itself a LogitModel, so the cascade does not know whether batching is on.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -41,10 +44,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How long a request may wait for company, and how big a batch may grow."""
+    """How big a batch may grow, and how long a request may wait for company (0: never)."""
 
     max_batch_size: int = 8
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 0:
@@ -60,8 +63,10 @@ class BatchSettings:
 @dataclass
 class _Pending:
     texts: Sequence[str]
-    future: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
+    done: bool = False
+    rows: Any = None
+    error: BaseException | None = None
 
 
 class _Rows(Protocol):
@@ -76,10 +81,12 @@ R = TypeVar("R", bound=_Rows)
 
 
 class MicroBatcher(Generic[R]):
-    """Gather concurrent ``submit`` calls into calls of ``fn`` on up to ``max_batch_size`` texts.
+    """Run ``fn`` for concurrent ``submit`` calls, merging those that queue while ``fn`` is busy.
 
-    ``fn`` must return one row per input text. ``on_batch`` is told the size of every
-    batch ``fn`` runs on (for metrics), with batching on or off.
+    ``fn`` must return one row per input text. ``on_batch`` is told the size of every batch
+    ``fn`` runs on (for metrics), with batching on or off. There is no worker thread: the caller
+    whose request heads the queue when the model comes free runs the batch (its own request
+    included) and hands every other caller its rows.
     """
 
     def __init__(
@@ -93,38 +100,79 @@ class MicroBatcher(Generic[R]):
         self._fn = fn
         self._settings = settings
         self._on_batch = on_batch
-        # None is the stop sentinel; close() puts it last, under the lock submit() holds to enqueue.
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self.name = name
+        self._cond = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._busy = False
         self._closed = False
-        self._worker: threading.Thread | None = None
-        if settings.enabled:
-            self._worker = threading.Thread(target=self._run, name=name, daemon=True)
-            self._worker.start()
 
     def submit(self, texts: Sequence[str]) -> R:
         """Run ``fn`` on ``texts``, possibly together with other callers' texts; block for the rows."""
-        if self._worker is None:
+        if not self._settings.enabled:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             return self._call(list(texts))
         pending = _Pending(texts)
-        with self._lock:
+        with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
-            self._queue.put(pending)
-        return pending.future.result()
+            self._queue.append(pending)
+            self._cond.notify_all()  # a leader waiting under max_wait_ms re-counts its batch
+            while not pending.done:
+                if self._busy:
+                    self._cond.wait()
+                    continue
+                # the model is free: lead a batch from the head of the queue (busy from here on,
+                # also while _take waits for company under max_wait_ms, so nobody else leads)
+                self._busy = True
+                try:
+                    batch = self._take()
+                    self._cond.release()
+                    try:
+                        self._run_batch(batch)
+                    finally:
+                        self._cond.acquire()
+                finally:
+                    self._busy = False
+                    self._cond.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        return pending.rows
+
+    def queued(self) -> int:
+        """Requests waiting for the model (not counting the batch it is running)."""
+        with self._cond:
+            return len(self._queue)
 
     def close(self, timeout_s: float | None = 5.0) -> None:
-        """Refuse new work, run every request already queued, stop the worker. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
+        """Refuse new work; requests already queued still run (their callers lead them). Idempotent."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
             self._closed = True
-            if self._worker is not None:
-                self._queue.put(None)
-        if self._worker is not None:
-            self._worker.join(timeout_s)
+            while self._queue or self._busy:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+
+    def _take(self) -> list[_Pending]:
+        """Pop the next batch (under the lock): the head request and what fits behind it, in order.
+
+        With ``max_wait_ms`` the leader first waits (the lock released) until the batch is full or
+        the head request has waited that long since it arrived.
+        """
+        limit = self._settings.max_batch_size
+        if self._settings.max_wait_ms > 0:
+            deadline = self._queue[0].arrived + self._settings.max_wait_ms / 1000.0
+            while sum(len(p.texts) for p in self._queue) < limit and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+        batch: list[_Pending] = []
+        size = 0
+        while self._queue and (not batch or size + len(self._queue[0].texts) <= limit):
+            item = self._queue.popleft()
+            batch.append(item)
+            size += len(item.texts)
+        return batch
 
     def _call(self, texts: list[str]) -> R:
         if self._on_batch is not None:
@@ -134,51 +182,22 @@ class MicroBatcher(Generic[R]):
             raise RuntimeError(f"batch function returned {len(rows)} rows for {len(texts)} texts")
         return rows
 
-    def _run(self) -> None:
-        carry: _Pending | None = None  # a request that did not fit into the previous batch
-        while True:
-            first = carry if carry is not None else self._queue.get()
-            if first is None:
-                return
-            batch, carry = self._gather(first)
-            self._run_batch(batch)
-
-    def _gather(self, first: _Pending) -> tuple[list[_Pending], _Pending | None]:
-        """Collect requests behind ``first`` until the batch is full or ``first`` has waited
-        ``max_wait_ms`` since it arrived (time spent queued behind a running batch counts).
-
-        Returns the batch and the request that would have overflowed it, if any.
-        """
-        batch, size = [first], len(first.texts)
-        deadline = first.arrived + self._settings.max_wait_ms / 1000.0
-        while size < self._settings.max_batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put(None)  # nothing can follow the sentinel: hand it back to _run
-                break
-            if size + len(item.texts) > self._settings.max_batch_size:
-                return batch, item
-            batch.append(item)
-            size += len(item.texts)
-        return batch, None
-
     def _run_batch(self, batch: list[_Pending]) -> None:
+        """Run one batch outside the lock; every caller of it gets its rows or the batch's error."""
         texts = [text for pending in batch for text in pending.texts]
         try:
             rows = self._call(texts)
         except BaseException as exc:  # every caller gets the error (no caller waits forever)
             log.debug("event=batch_failed size=%d error=%r", len(texts), exc)
-            for pending in batch:
-                pending.future.set_exception(exc)
-            return
+            rows, error = None, exc
+        else:
+            error = None
         start = 0
         for pending in batch:
             end = start + len(pending.texts)
-            pending.future.set_result(rows[start:end])
+            pending.rows = rows[start:end] if rows is not None else None
+            pending.error = error
+            pending.done = True
             start = end
 
 

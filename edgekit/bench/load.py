@@ -215,7 +215,7 @@ def run_load(
     backend: str = "auto",
     threads: int | None = None,
     max_batch_size: int = 8,
-    max_wait_ms: float = 2.0,
+    max_wait_ms: float = 0.0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load-test the bundle in ``bundle_dir``: the raw backend, then a server without and with

@@ -33,8 +33,10 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
         click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Texts per model call when requests are merged; 1 turns micro-batching off."),
-        click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
-                     help="How long a request may wait for others to share its model call."),
+        click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="How long a request may wait for others to share its model call. 0: never; a "
+                          "request that finds the model idle runs at once, and batches form from the "
+                          "requests that arrive while it is busy."),
         click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
                      help="Serve Prometheus metrics over HTTP on this port (0: any free port)."),
         click.option("--grace-s", type=click.FloatRange(min=0), default=5.0, show_default=True,

@@ -36,7 +36,7 @@ class Echo:
 def _wait_queued(batcher: MicroBatcher, n: int) -> None:
     """Wait (bounded) until n requests sit in the batcher's queue, so their order is known."""
     deadline = time.monotonic() + 2
-    while batcher._queue.qsize() < n:
+    while batcher.queued() < n:
         assert time.monotonic() < deadline, "requests did not reach the queue"
         time.sleep(0.001)
 
@@ -121,23 +121,57 @@ def test_wrong_row_count_is_an_error_not_a_silent_mismatch():
     batcher.close()
 
 
-def test_close_finishes_queued_requests_then_refuses_and_stops_the_worker():
+def test_close_finishes_queued_requests_then_refuses():
     fn = Echo(hold_first=True)
-    batcher = MicroBatcher(fn, BatchSettings(max_batch_size=2, max_wait_ms=0), name="batcher-under-test")
+    batcher = MicroBatcher(fn, BatchSettings(max_batch_size=2, max_wait_ms=0))
     with ThreadPoolExecutor(3) as pool:
         running = pool.submit(batcher.submit, ["a"])
         assert fn.entered.wait(2)
         queued = pool.submit(batcher.submit, ["b"])
         _wait_queued(batcher, 1)
         closing = pool.submit(batcher.close)
-        _wait_queued(batcher, 2)  # the stop sentinel sits behind the queued request
+        time.sleep(0.05)
+        assert not closing.done()  # close waits for the queued request
+        with pytest.raises(RuntimeError, match="closed"):
+            batcher.submit(["late"])  # ... but refuses new work at once
         fn.release.set()
         assert running.result(2) == ["A"] and queued.result(2) == ["B"]
         closing.result(2)
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(["c"])
-    assert "batcher-under-test" not in {t.name for t in threading.enumerate()}
     batcher.close()  # idempotent
+
+
+def test_an_idle_batcher_runs_a_lone_request_at_once_in_the_callers_thread():
+    """No batching delay at low load (issue 12): the default never waits for company.
+
+    Checked by counting waits on the batcher's condition: the old batcher (a worker thread
+    waiting max_wait_ms = 2 for more requests) fails both asserts.
+    """
+    fn, sizes = Echo(), []
+    batcher = MicroBatcher(fn, BatchSettings(max_batch_size=8), on_batch=sizes.append)
+    waits = []
+    real_wait = batcher._cond.wait
+    batcher._cond.wait = lambda timeout=None: waits.append(timeout) or real_wait(timeout)
+    assert batcher.submit(["x"]) == ["X"]
+    assert fn.threads == {threading.current_thread().name} and sizes == [1]
+    assert waits == []
+    batcher.close()
+
+
+def test_requests_that_arrive_while_the_model_is_busy_form_the_next_batch():
+    fn, sizes = Echo(hold_first=True), []
+    batcher = MicroBatcher(fn, BatchSettings(max_batch_size=8), on_batch=sizes.append)
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(batcher.submit, ["first"])
+        assert fn.entered.wait(2)
+        rest = [pool.submit(batcher.submit, [f"r{i}"]) for i in range(5)]
+        _wait_queued(batcher, 5)
+        fn.release.set()
+        assert first.result(2) == ["FIRST"]
+        assert [f.result(2) for f in rest] == [[f"R{i}"] for i in range(5)]
+    assert sizes == [1, 5]  # the five queued during the first call ran as one
+    batcher.close()
 
 
 def test_batched_model_is_a_logit_model_with_the_same_answers():
