@@ -39,14 +39,10 @@ def load_classifier_dir(model_dir: Path, *, attn_implementation: str | None = No
 
 
 def label_ids(data: Dataset, labels: list[str]) -> np.ndarray:
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(data.labels) - set(index))
-    if unknown:
-        raise ModelError(
-            f"{data.source}: labels {', '.join(map(repr, unknown[:5]))} are not among the model's labels "
-            f"({', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''})"
-        )
-    return np.array([index[label] for label in data.labels])
+    """``data``'s labels as ids of the model's ``labels`` (an unknown label is a ModelError)."""
+    from edgekit.data import label_ids as to_ids
+
+    return to_ids(data.labels, labels, where=str(data.source), error=ModelError)
 
 
 def evaluate_model_dir(model_dir: Path, data: Dataset, *, max_length: int = 128) -> dict[str, float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.data import load_splits
+from edgekit.data import label_ids, load_splits
 from edgekit.errors import ModelError
 
 __all__ = ["TRAINING_RECORD", "FinetuneConfig", "FinetuneResult", "finetune", "warm_start_head"]
@@ -89,12 +89,11 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         config.train, config.validation, text_field=config.text_field, label_field=config.label_field
     )
     labels = train_ds.label_set
-    label2id = {label: i for i, label in enumerate(labels)}
     base_dir = resolve_base(config.base)
     seed_everything(config.seed)
     model, tokenizer = _load_base(base_dir, labels, config.pooling)
-    y_train = [label2id[y] for y in train_ds.labels]
-    y_val = np.array([label2id[label] for label in val_ds.labels])
+    y_train = label_ids(train_ds.labels, labels, where=str(config.train)).tolist()
+    y_val = label_ids(val_ds.labels, labels, where=str(config.validation))
     probe_accuracy = None
     if config.probe_init:
         probe_accuracy = warm_start_head(model, tokenizer, train_ds.texts, y_train, val_ds.texts, y_val,

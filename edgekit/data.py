@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgekit.errors import DataError
 
-__all__ = ["Dataset", "check_labels", "load_dataset", "load_splits"]
+__all__ = ["Dataset", "check_labels", "label_ids", "load_dataset", "load_splits"]
 
 _FORMATS = ("jsonl", "csv")
 
@@ -190,3 +190,21 @@ def load_splits(
         test_ds = load_dataset(test, **kw)
         check_labels(train_ds.labels, test_ds, split="test")
     return train_ds, val_ds, test_ds
+
+
+def label_ids(values: Sequence[str], labels: Sequence[str], *, where: str, whose: str = "the model's",
+              error: type[Exception] = DataError):
+    """Label names → their index in ``labels`` (a numpy int array); unknown names raise ``error`` naming ``where``.
+
+    The one label → id mapping of edgekit (finetune, convert, bench).
+    """
+    import numpy as np
+
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(values) - set(index))
+    if unknown:
+        raise error(
+            f"{where}: labels {', '.join(map(repr, unknown[:5]))} are not among {whose} labels "
+            f"({', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''})"
+        )
+    return np.array([index[value] for value in values], dtype=np.int64)

@@ -37,7 +37,7 @@ import numpy as np
 from edgekit.metrics import softmax
 
 from edgekit.errors import CloudUnavailable, ConfigError, ModelError
-from edgekit.runtime.types import ClassifyOptions, LogitModel, Prediction, Route
+from edgekit.runtime.types import ClassifyOptions, LogitModel, Prediction, Route, check_logits
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.cloud import CloudClient
@@ -175,9 +175,9 @@ class Cascade:
         """One Prediction per text. ``time_remaining_s``: the caller's deadline, caps the cloud call."""
         info = self.edge.info
         start = time.perf_counter()
-        probs = calibrated_probabilities(self.edge.logits(texts), info.temperature)
-        if probs.shape != (len(texts), len(info.labels)):
-            raise ModelError(f"model {info.name!r} returned logits of shape {probs.shape} for {len(texts)} texts")
+        logits = self.edge.logits(texts)
+        check_logits(logits, len(texts), len(info.labels), who=f"model {info.name!r}", error=ModelError)
+        probs = calibrated_probabilities(logits, info.temperature)
         edge_ms = (time.perf_counter() - start) * 1000.0
         best = probs.argmax(axis=1)
         edge_scores = probs[np.arange(len(texts)), best]

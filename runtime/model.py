@@ -17,7 +17,7 @@ from edgekit.errors import ManifestError
 from edgekit.manifest import Manifest
 from edgekit.runtime.backends import load_backend, resolve_backend
 from edgekit.runtime.tokenize import TextTokenizer
-from edgekit.runtime.types import ModelInfo
+from edgekit.runtime.types import ModelInfo, check_logits
 
 __all__ = ["BundleModel", "load_bundle_model"]
 
@@ -69,11 +69,8 @@ class BundleModel:
             for ids, mask in encoded:
                 out.append(np.asarray(self.backend.run(ids, mask), dtype=np.float32))
         logits = np.concatenate(out)
-        if logits.shape != (len(texts), len(self.manifest.labels)):
-            raise ManifestError(
-                f"{self.bundle_dir}: the model returned logits of shape {logits.shape}, "
-                f"expected ({len(texts)}, {len(self.manifest.labels)}): labels and model do not match"
-            )
+        check_logits(logits, len(texts), len(self.manifest.labels), who=f"{self.bundle_dir}: the model",
+                     error=ManifestError)
         return logits
 
     def close(self) -> None:

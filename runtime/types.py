@@ -21,6 +21,7 @@ __all__ = [
     "ModelInfo",
     "Prediction",
     "Route",
+    "check_logits",
 ]
 
 
@@ -94,3 +95,10 @@ class LogitModel(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def check_logits(logits, n_texts: int, n_labels: int, *, who: str, error: type[Exception]) -> None:
+    """The one shape check of a model's answer: one row per text, one column per label."""
+    if getattr(logits, "shape", None) != (n_texts, n_labels):
+        raise error(f"{who} returned logits of shape {getattr(logits, 'shape', None)}, expected "
+                    f"({n_texts}, {n_labels}): labels and model do not match")

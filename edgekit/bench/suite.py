@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit.bench.subjects import Subject, bundle_subjects, optimum_baseline, teacher_subject
 from edgekit.converters.measure import batched_logits  # numpy only: no convert extra needed
-from edgekit.data import load_dataset
+from edgekit.data import label_ids, load_dataset
 from edgekit.errors import ConfigError, DataError
 from edgekit.manifest import sha256_file
 from edgekit.metrics import cascade_at, classification_metrics, expected_calibration_error, softmax
@@ -106,15 +106,11 @@ def _teacher_reference(config: BenchConfig, test_sha: str, labels: list[str], n_
         raise ConfigError(f"{config.reference}: cannot read the reference ({exc})") from exc
     if ref.get("test_sha256") != test_sha:
         raise DataError(f"{config.reference} was made on another test file than {config.test}")
-    index = {label: i for i, label in enumerate(labels)}
     answers = ref.get("teacher_labels") or []
     if len(answers) != n_texts:
         raise DataError(f"{config.reference} holds {len(answers)} answers for {n_texts} test texts")
-    unknown = sorted(set(answers) - set(index))
-    if unknown:
-        raise DataError(f"{config.reference}: teacher labels {', '.join(map(repr, unknown[:5]))} are not among the "
-                        "bundles' labels (a reference of another model?)")
-    return np.array([index[label] for label in answers])
+    return label_ids(answers, labels, where=f"{config.reference} (a reference of another model?)",
+                     whose="the bundles'")
 
 
 def latency_sample(texts: list[str], n: int) -> list[str]:
@@ -172,11 +168,7 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
     max_length = max(b.max_length for b in bundles)
     subjects = _subjects(config, bundles, max_length, notes)
     labels = subjects[-1].labels
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(data.labels) - set(index))
-    if unknown:
-        raise DataError(f"{config.test}: labels {', '.join(map(repr, unknown[:5]))} are not among the bundles' labels")
-    y = np.array([index[label] for label in data.labels])
+    y = label_ids(data.labels, labels, where=str(config.test), whose="the bundles'")
     teacher_ref = _teacher_reference(config, test_sha, labels, len(texts))  # checked before any measuring
     latency_texts = latency_sample(texts, config.latency_texts)
     try:
