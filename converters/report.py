@@ -22,20 +22,9 @@ def _fmt(value, kind: str = "f4") -> str:
     return f"{value:.4f}"
 
 
-def write_report(out: Path, rows: list[dict], candidates, teacher: dict, student: dict,
-                 stages: dict[str, dict] | None = None) -> None:
-    """``stages``: wall seconds (and notes such as "cached") per stage of the conversion."""
-    report = {"rows": rows, "student": student, "stages": stages or {}}
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
-    lines = [
-        "# edgekit convert report",
-        "",
-        f"Teacher: test accuracy {teacher['accuracy']:.4f}, macro-F1 {teacher['macro_f1']:.4f}, "
-        f"{teacher['size_bytes'] / 1e6:.1f} MB.",
-        f"Student: {student['parameters'] / 1e6:.1f}M parameters from {student['source']}"
-        + (f" (teacher layers {student['teacher_layers']})" if student.get("teacher_layers") else "")
-        + f", validation accuracy {student['validation_accuracy']:.4f}.",
-    ]
+def _student_lines(student: dict) -> list[str]:
+    """The student's start (what was probed, why the winner won), its epochs and its vocabulary."""
+    lines: list[str] = []
     if student.get("probed"):
         lines += ["", f"Student start ({student.get('choice_reason', '')}): each candidate encoder frozen, read with "
                   "its pooling, with a logistic-regression head fitted on the training texts:", "",
@@ -55,6 +44,28 @@ def write_report(out: Path, rows: list[dict], candidates, teacher: dict, student
             f"{pruning['bytes_saved_fp32'] / 1e6:.1f} MB saved in fp32, agreement with the unpruned student "
             f"{pruning['agreement_with_unpruned']:.4f} (validation)."
         )
+    return lines
+
+
+def write_report(out: Path, rows: list[dict], candidates, teacher: dict, student: dict,
+                 stages: dict[str, dict] | None = None) -> None:
+    """``stages``: wall seconds (and notes such as "cached") per stage of the conversion."""
+    report = {"rows": rows, "student": student, "stages": stages or {}}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    lines = [
+        "# edgekit convert report",
+        "",
+        f"Teacher: test accuracy {teacher['accuracy']:.4f}, macro-F1 {teacher['macro_f1']:.4f}, "
+        f"{teacher['size_bytes'] / 1e6:.1f} MB.",
+        f"Student: {student['parameters'] / 1e6:.1f}M parameters from {student['source']}"
+        + (f" (teacher layers {student['teacher_layers']})" if student.get("teacher_layers") else "")
+        + f", validation accuracy {student['validation_accuracy']:.4f}.",
+    ]
+    lines += _student_lines(student)
+    if stages:
+        lines.append("Wall time per stage: " + "; ".join(
+            f"{name} {v['seconds']:.1f} s" + (f" ({', '.join(v['notes'])})" if v.get("notes") else "")
+            for name, v in stages.items()) + ".")
     lines += [
         "",
         "Accuracy, macro-F1 and agreement with the teacher on the test split; latency is batch 1, one thread, "

@@ -175,31 +175,46 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
         config.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {config.out}: cannot create the results directory ({exc.strerror or exc})") from exc
-
-    # -- accuracy (and the first thread count's models, reused for latency) ----------------------
     echo(f"bench: {len(subjects)} artifacts, {len(texts)} test texts, latency on {len(latency_texts)} texts "
          f"at threads {list(config.threads)} x batch {list(config.batch)}")
-    measured: list[_Measured] = []
-    first_models = {}
-    try:
-        for s in subjects:  # load every subject first: a bundle that cannot load fails before minutes of measuring
-            first_models[s.artifact] = s.load(config.threads[0])
-            s.backend = s.backend or getattr(first_models[s.artifact], "info").backend
-        for s in subjects:
-            model = first_models[s.artifact]
-            # the converter's own batches: dynamic int8 quantizes activations per call over the padded
-            # batch, so an int8 model's answers depend a little on which texts share a call
-            logits = batched_logits(model, texts)
-            probs = softmax(logits, s.temperature)
-            measured.append(_Measured(s, probs.argmax(-1), probs))
-    except BaseException:
-        for model in first_models.values():
-            model.close()
-        raise
+    measured, first_models = _accuracy(subjects, config.threads[0], texts)
     teacher = next((m for m in measured if m.subject.kind == "teacher"), None)
     teacher_pred = teacher.pred if teacher is not None else teacher_ref
     if teacher_pred is None:
         notes.append("No teacher answers (--teacher or --reference): agreement and cascade columns are empty.")
+    _score(measured, y, teacher_pred)
+    _latency(config, measured, first_models, latency_texts)
+    if config.probe:
+        _probe_all(config, measured, texts[0], max_length)
+    result = _result(config, measured, teacher_pred is not None, test_sha, len(texts), len(latency_texts), notes)
+    if teacher is not None:
+        reference = {"test_sha256": test_sha, "teacher_labels": [labels[i] for i in teacher.pred]}
+        (config.out / REFERENCE_NAME).write_text(json.dumps(reference) + "\n", encoding="utf-8")
+    return result
+
+
+def _accuracy(subjects: list[Subject], threads: int, texts: list[str]) -> tuple[list[_Measured], dict]:
+    """Every subject loaded first (a bundle that cannot load fails before minutes of measuring), then
+    its answers on every test text; the loaded models are returned for the first latency pass."""
+    measured: list[_Measured] = []
+    models = {}
+    try:
+        for s in subjects:
+            models[s.artifact] = s.load(threads)
+            s.backend = s.backend or getattr(models[s.artifact], "info").backend
+        for s in subjects:
+            # the converter's own batches: dynamic int8 quantizes activations per call over the padded
+            # batch, so an int8 model's answers depend a little on which texts share a call
+            probs = softmax(batched_logits(models[s.artifact], texts), s.temperature)
+            measured.append(_Measured(s, probs.argmax(-1), probs))
+    except BaseException:
+        for model in models.values():
+            model.close()
+        raise
+    return measured, models
+
+
+def _score(measured: list[_Measured], y: np.ndarray, teacher_pred: np.ndarray | None) -> None:
     for m in measured:
         m.metrics = classification_metrics(np.log(m.probs + 1e-12), y, teacher_pred=teacher_pred)
         m.metrics["ece"] = expected_calibration_error(m.probs, y)
@@ -210,7 +225,9 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
             m.metrics["cascade_at_budget"] = _budget_point(scores, m.pred, teacher_pred, y, CLOUD_BUDGET)
             m.curve = _cascade_curve(scores, m.pred, teacher_pred, y)
 
-    # -- latency, interleaved --------------------------------------------------------------------
+
+def _latency(config: BenchConfig, measured: list[_Measured], first_models: dict, latency_texts: list[str]) -> None:
+    """Latency per thread count and batch size, interleaved across subjects (the first models reused)."""
     calls = sum(len(range(0, len(latency_texts), b)) for b in config.batch) * len(measured) * len(config.threads)
     bar = _progress(calls, config.progress, "bench")
     try:
@@ -226,22 +243,16 @@ def run_bench(config: BenchConfig, echo=print) -> dict:
         if bar is not None:
             bar.close()
 
-    # -- cold start and peak memory, one fresh process per artifact ------------------------------
-    if config.probe:
-        from edgekit.bench.probe import probe
 
-        for m in measured:
-            kind = "teacher" if m.subject.kind == "teacher" else "edgekit"
-            # the engine the latency rows used (a bundle's default, or --backend)
-            backend = m.subject.backend if kind == "edgekit" else "auto"
-            m.probe = probe(kind, m.subject.path, texts[0], threads=config.threads[0], max_length=max_length,
-                            backend=backend)
+def _probe_all(config: BenchConfig, measured: list[_Measured], text: str, max_length: int) -> None:
+    """Cold start and peak memory, one fresh process per artifact."""
+    from edgekit.bench.probe import probe
 
-    result = _result(config, measured, teacher_pred is not None, test_sha, len(texts), len(latency_texts), notes)
-    if teacher is not None:
-        reference = {"test_sha256": test_sha, "teacher_labels": [labels[i] for i in teacher.pred]}
-        (config.out / REFERENCE_NAME).write_text(json.dumps(reference) + "\n", encoding="utf-8")
-    return result
+    for m in measured:
+        kind = "teacher" if m.subject.kind == "teacher" else "edgekit"
+        # the engine the latency rows used (a bundle's default, or --backend)
+        backend = m.subject.backend if kind == "edgekit" else "auto"
+        m.probe = probe(kind, m.subject.path, text, threads=config.threads[0], max_length=max_length, backend=backend)
 
 
 def _row(m: _Measured, threads: int, batch: int, times: list[float], n_texts: int) -> dict:
