@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,18 +93,27 @@ class _Metrics:
         self.cloud_skipped = Counter(
             "edgekit_cloud_skipped", "Cloud calls not made although needed.", ["reason"], registry=registry
         )
+        # under `serve --workers N` (prometheus_client's multiprocess mode) the parent reports the
+        # highest value among live workers: 1 while any worker's breaker is open
         self.breaker_open = Gauge(
-            "edgekit_cloud_breaker_open", "1 while the circuit breaker pauses cloud calls.", registry=registry
+            "edgekit_cloud_breaker_open", "1 while the circuit breaker pauses cloud calls.", registry=registry,
+            multiprocess_mode="livemax",
         )
+        self._breaker: CircuitBreaker | None = None
 
     def watch(self, breaker: CircuitBreaker) -> None:
-        self.breaker_open.set_function(lambda: float(breaker.state == "open"))
+        self._breaker = breaker
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.breaker_open.set_function(lambda: float(breaker.state == "open"))
+        # in multiprocess mode a callback gauge cannot be shared: cloud_outcome sets it instead
 
     def cloud_outcome(self, outcome: str) -> None:
         if outcome in _SKIPPED:
             self.cloud_skipped.labels(outcome).inc()
         else:
             self.cloud_calls.labels(outcome).inc()
+        if self._breaker is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.breaker_open.set(float(self._breaker.state == "open"))
 
     def request_done(self, predictions: Sequence[Prediction]) -> None:
         self.requests.labels(self.backend, "ok").inc()

@@ -97,6 +97,9 @@ def _cloud_client(target: str | None, protocol: str, model_name: str | None) -> 
               help="degrade: answer at the edge (route EDGE_CLOUD_FAILED); fail: the request fails (UNAVAILABLE).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Fallback threshold on the calibrated score (default: the bundle's).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes sharing the port (SO_REUSEPORT), each with --threads engine threads "
+                   "(default: cores / workers); /metrics sums them.")
 @_server_options
 def command(
     bundle: Path,
@@ -109,6 +112,7 @@ def command(
     cloud_timeout_ms: float,
     on_cloud_error: str,
     threshold: float | None,
+    workers: int,
     host: str,
     max_batch_size: int,
     max_wait_ms: float,
@@ -120,6 +124,12 @@ def command(
     from edgekit.deps import require
 
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve")
+    if workers > 1:
+        checked = _cloud_client(cloud_target, cloud_protocol, cloud_model)  # bad option pairs fail here, once
+        if checked is not None:
+            checked.close()
+        _serve_workers(click.get_current_context(), workers)
+        return
     from edgekit.runtime.batching import BatchSettings
     from edgekit.runtime.cascade import CascadeSettings
     from edgekit.runtime.server import ServerSettings
@@ -137,6 +147,26 @@ def command(
         raise
     _serve(model, ServerSettings(host=host, port=port, cascade=cascade, batching=batching, metrics_port=metrics_port,
                                  max_workers=max_workers), cloud=cloud, grace_s=grace_s)
+
+
+def _serve_workers(ctx: click.Context, workers: int) -> None:
+    """Run ``workers`` copies of this very command (``--workers 1``) on one port (runtime.workers)."""
+    import sys
+
+    from edgekit.runtime.workers import serve_workers, threads_per_worker
+
+    params = dict(ctx.params)
+    threads = threads_per_worker(workers, params["threads"])
+    skip = {"bundle", "workers", "metrics_port", "port", "threads"}
+    flags = {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option)}
+    argv = [sys.executable, "-m", "edgekit", "serve", str(params["bundle"]), "--threads", str(threads)]
+    for name, value in params.items():
+        if name not in skip and value is not None:
+            argv += [flags[name], str(value)]
+    params_port = params["port"]
+    code = serve_workers(lambda port: [*argv, "--port", str(port)], workers, host=params["host"], port=params_port,
+                         metrics_port=params["metrics_port"], grace_s=params["grace_s"], echo=click.echo)
+    ctx.exit(code)
 
 
 @click.command("serve-cloud")
