@@ -1,0 +1,53 @@
+"""What `edgekit serve` costs beyond its model (issue 12): one-client overhead and throughput under load.
+
+usage: .venv/bin/python benchmarks/server_overhead.py BUNDLE --test E.jsonl [--clients 1,4,16,64]
+           [--seconds 5] [--rounds 300] [--threads 1] [--workers 2] [--out DIR]
+
+Every server is a real `edgekit serve` process; the clients run in this process (see
+edgekit/bench/overhead.py for what each figure means). Run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgekit.cli import run_command
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--test", "test_file", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Texts to send (JSONL/CSV with a text field).")
+@click.option("--clients", default="1,4,16,64", show_default=True, help="Concurrent client counts.")
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per throughput cell.")
+@click.option("--rounds", type=click.IntRange(min=10), default=300, show_default=True,
+              help="Interleaved one-client rounds.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Engine threads.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also measure `edgekit serve --workers N` (0: not).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write results.json and results.md here.")
+def main(bundle, test_file, clients, seconds, rounds, threads, workers, out) -> None:
+    from edgekit.bench.overhead import format_overhead_markdown, run_overhead
+    from edgekit.data import load_dataset
+    from edgekit.errors import ConfigError
+
+    try:
+        counts = [int(c) for c in clients.split(",") if c.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--clients takes whole numbers separated by commas, got {clients!r}") from exc
+    texts = list(load_dataset(test_file, label_field=None).texts)
+    result = run_overhead(bundle, texts, clients=counts, seconds=seconds, rounds=rounds, threads=threads,
+                          workers=workers)
+    markdown = format_overhead_markdown(result)
+    click.echo(markdown)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        (out / "results.md").write_text(markdown, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    run_command(main, prog_name="server_overhead.py")

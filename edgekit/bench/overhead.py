@@ -1,0 +1,269 @@
+"""What the server costs beyond its model: latency at one client and throughput under load.
+
+:func:`run_overhead` measures, in one run, on one bundle, with every server a real
+``edgekit serve`` *process* and every client in this (other) process:
+
+1. **One client, one text per call, interleaved** (each round sends the same text through every
+   subject in turn, the order rotating): the model called in process (``in-process``: tokenizer +
+   engine), a bare gRPC echo (``grpc-echo``: a generic unary handler in its own process that
+   returns the request's bytes, the transport's floor), and each server mode (``Classify`` with
+   ``allow_cloud=False``). ``overhead_ms`` = server p50 − in-process p50 − echo p50: what the
+   server adds beyond model and transport.
+2. **Throughput** at each client count (1, 4, 16, 64 by default) for each server mode: that many
+   concurrent callers (``grpc.aio`` coroutines in this process, one channel each) sending one
+   text per call for ``seconds``; beside it, the model's own throughput in process at the mean
+   batch size the server formed (read from the server's metrics), and the CPU seconds the client
+   process used (the clients share the machine's cores with the server).
+
+Server modes: ``default`` (the options ``edgekit serve`` starts with), ``no-batching``
+(``--max-batch-size 1``), ``wait-2ms`` (``--max-wait-ms 2``, the old micro-batching), and
+``workers-N`` when asked (``--workers N``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import resource
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ConfigError
+
+__all__ = ["ECHO_SCRIPT", "SERVER_MODES", "format_overhead_markdown", "run_overhead"]
+
+log = logging.getLogger(__name__)
+
+SERVER_MODES = {
+    "default": [],
+    "no-batching": ["--max-batch-size", "1"],
+    "wait-2ms": ["--max-wait-ms", "2"],
+}
+
+# The transport's floor: a generic unary handler that answers with the request's own bytes, in a
+# process of its own (hand-written because no library ships a bare echo service; it is 15 lines).
+ECHO_SCRIPT = r"""
+import sys, grpc
+from concurrent import futures
+def echo(request, context):
+    return request
+handler = grpc.method_handlers_generic_handler("edgekit.v1.EdgeClassifier", {
+    "Classify": grpc.unary_unary_rpc_method_handler(echo, request_deserializer=None, response_serializer=None)})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(f"serving echo on 127.0.0.1:{port}", flush=True)
+server.wait_for_termination()
+"""
+_ADDRESS = re.compile(r" on ([\w.\-\[\]]+:\d+)")
+_METRICS = re.compile(r"(http://\S+/metrics)")
+
+
+class _Process:
+    """A server subprocess started from argv; address (and metrics URL) parsed from what it prints."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.address = self.metrics_url = None
+        lines = []
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("serving") and self.address is None:
+                self.address = _ADDRESS.search(line).group(1)
+                if "--metrics-port" not in argv:
+                    break
+            elif line.startswith("metrics on"):
+                self.metrics_url = _METRICS.search(line).group(1)
+                break
+        if self.address is None:
+            self.stop()
+            raise ConfigError("server did not start: " + "".join(lines[-5:]).strip())
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            body = response.read().decode()
+        return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", body, re.M))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _request_bytes(text: str) -> bytes:
+    from edgekit.runtime.grpc import edgekit_pb2 as ek
+
+    return ek.ClassifyRequest(texts=[text], allow_cloud=False).SerializeToString()
+
+
+def _callers(address: str):
+    """A blocking one-text caller of the server at ``address`` (raw bytes in and out: no parsing cost)."""
+    import grpc
+
+    channel = grpc.insecure_channel(address)
+    call = channel.unary_unary("/edgekit.v1.EdgeClassifier/Classify")
+    return channel, lambda payload: call(payload, timeout=30)
+
+
+def _single_client(model, servers: dict[str, _Process], texts: Sequence[str], rounds: int) -> dict[str, list[float]]:
+    """Interleaved one-client latency (ms) of the in-process model and every server, rotating order."""
+    channels, calls = {}, {}
+    for name, server in servers.items():
+        channels[name], calls[name] = _callers(server.address)
+    subjects: dict[str, Callable[[str, bytes], Any]] = {"in-process": lambda text, payload: model.logits([text])}
+    subjects.update({name: (lambda text, payload, c=c: c(payload)) for name, c in calls.items()})
+    times: dict[str, list[float]] = {name: [] for name in subjects}
+    names = list(subjects)
+    try:
+        for r in range(rounds + 20):  # 20 warm-up rounds, not recorded
+            text = texts[r % len(texts)]
+            payload = _request_bytes(text)
+            for k in range(len(names)):
+                name = names[(r + k) % len(names)]
+                t0 = time.perf_counter()
+                subjects[name](text, payload)
+                if r >= 20:
+                    times[name].append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        for channel in channels.values():
+            channel.close()
+    return times
+
+
+async def _aio_load(address: str, payloads: Sequence[bytes], clients: int, seconds: float) -> dict[str, Any]:
+    import grpc
+
+    channels = [grpc.aio.insecure_channel(address) for _ in range(clients)]
+    latencies: list[float] = []
+    errors = 0
+    try:
+        calls = [ch.unary_unary("/edgekit.v1.EdgeClassifier/Classify") for ch in channels]
+        await asyncio.gather(*(call(payloads[0], timeout=30) for call in calls))  # connect and warm
+        deadline = time.perf_counter() + seconds
+        start = time.perf_counter()
+
+        async def client(i: int) -> None:
+            nonlocal errors
+            k = i
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    await calls[i](payloads[k % len(payloads)], timeout=30)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                latencies.append((time.perf_counter() - t0) * 1000.0)
+                k += 1
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        elapsed = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(ch.close() for ch in channels))
+    arr = np.asarray(latencies)
+    return {"requests": int(arr.size), "errors": errors, "throughput_rps": round(arr.size / elapsed, 1),
+            "latency_ms_p50": round(float(np.percentile(arr, 50)), 3) if arr.size else None,
+            "latency_ms_p99": round(float(np.percentile(arr, 99)), 3) if arr.size else None}
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _in_process_rps(model, texts: Sequence[str], batch: int, seconds: float) -> float:
+    """The model's own throughput (texts/s) in this process at ``batch`` texts per call."""
+    batch = max(1, int(round(batch)))
+    done, k, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        chunk = [texts[(k + j) % len(texts)] for j in range(batch)]
+        model.logits(chunk)
+        done += batch
+        k += batch
+    return done / (time.perf_counter() - start)
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(values), q)), 3)
+
+
+def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] = (1, 4, 16, 64),
+                 seconds: float = 5.0, rounds: int = 300, threads: int = 1, workers: int = 0) -> dict[str, Any]:
+    """See the module docstring. ``workers`` > 1 adds a ``workers-N`` server mode."""
+    from edgekit.device import device_record
+    from edgekit.runtime.model import load_bundle_model
+
+    if not texts:
+        raise ConfigError("give at least one text")
+    modes = dict(SERVER_MODES)
+    if workers > 1:
+        modes[f"workers-{workers}"] = ["--workers", str(workers)]
+    serve = [sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", str(threads),
+             "--metrics-port", "0"]
+    servers: dict[str, _Process] = {}
+    model = load_bundle_model(bundle, threads=threads)
+    try:
+        servers["grpc-echo"] = _Process([sys.executable, "-c", ECHO_SCRIPT])
+        for name, extra in modes.items():
+            servers[name] = _Process([*serve, *extra])
+        times = _single_client(model, servers, texts, rounds)
+        single = {name: {"p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)} for name, t in times.items()}
+        floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]
+        for name in modes:
+            single[name]["overhead_ms"] = round(single[name]["p50_ms"] - floor, 3)
+        payloads = [_request_bytes(t) for t in texts]
+        load = []
+        for n in clients:
+            for name in modes:
+                server = servers[name]
+                calls0 = server.metric("edgekit_batch_size_count") if server.metrics_url else 0.0
+                sum0 = server.metric("edgekit_batch_size_sum") if server.metrics_url else 0.0
+                cpu0 = _cpu_seconds()
+                row = asyncio.run(_aio_load(server.address, payloads, n, seconds))
+                row.update(mode=name, clients=n, client_cpu_s=round(_cpu_seconds() - cpu0, 2))
+                if server.metrics_url:
+                    calls = server.metric("edgekit_batch_size_count") - calls0
+                    row["mean_batch"] = round((server.metric("edgekit_batch_size_sum") - sum0) / calls, 2) if calls else None
+                    if row["mean_batch"]:
+                        row["in_process_rps_at_batch"] = round(_in_process_rps(model, texts, row["mean_batch"],
+                                                                              min(seconds, 3.0)), 1)
+                load.append(row)
+    finally:
+        for server in servers.values():
+            server.stop()
+        model.close()
+    return {"device": device_record(), "bundle": str(bundle), "threads": threads, "seconds": seconds,
+            "rounds": rounds, "single_client": single, "load": load}
+
+
+def format_overhead_markdown(result: dict[str, Any]) -> str:
+    single = result["single_client"]
+    lines = [f"Bundle `{result['bundle']}`, engine threads {result['threads']}, {result['rounds']} interleaved "
+             "rounds at one client (one text per call):", "",
+             "| subject | p50 ms | p99 ms | overhead ms (p50 − in-process − echo) |", "|---|---:|---:|---:|"]
+    for name, row in single.items():
+        lines.append(f"| {name} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | "
+                     f"{row['overhead_ms']:.3f} |" if "overhead_ms" in row else
+                     f"| {name} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | – |")
+    lines += ["", f"Throughput, {result['seconds']:g} s per cell, clients in another process (grpc.aio):", "",
+              "| mode | clients | requests/s | p50 ms | p99 ms | errors | mean batch | in-process texts/s at that batch | "
+              "server / in-process | client CPU s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["load"]:
+        ratio = (f"{r['throughput_rps'] / r['in_process_rps_at_batch']:.2f}"
+                 if r.get("in_process_rps_at_batch") else "–")
+        lines.append(f"| {r['mode']} | {r['clients']} | {r['throughput_rps']:.1f} | {r['latency_ms_p50']} | "
+                     f"{r['latency_ms_p99']} | {r['errors']} | {r.get('mean_batch', '–')} | "
+                     f"{r.get('in_process_rps_at_batch', '–')} | {ratio} | {r['client_cpu_s']} |")
+    return "\n".join(lines) + "\n"
