@@ -321,7 +321,7 @@ def _select(candidates: list[Candidate], teacher_accuracy: float, config: Conver
             if passing:  # the fastest that passes; ties to the more accurate
                 best = min(passing, key=lambda c: (round(c.metrics["latency_ms_p50"], 2), -c.metrics["accuracy"]))
             else:
-                best = max(group, key=lambda c: c.metrics["accuracy"])
+                best = max(group, key=lambda c: (c.metrics["accuracy"], -c.metrics["latency_ms_p50"]))  # ties: faster
                 failures.append(f"{fmt}-{precision} ({best.variant}: {best.reason})")
                 if not config.allow_accuracy_drop:
                     continue

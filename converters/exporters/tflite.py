@@ -92,6 +92,32 @@ def quiet_quantizer():
 
 
 @contextlib.contextmanager
+def quiet_native_stderr():
+    """Send what native code writes to file descriptor 2 to /dev/null for one call (unless ``-v``).
+
+    TensorFlow's converter, loaded by litert-torch, logs through absl/C++ before any Python switch
+    can reach it ("All log messages before absl::InitializeLog() ...", oneDNN notices); only the
+    descriptor itself can be silenced. Python exceptions still carry the converter's errors.
+    """
+    if logging.getLogger("edgekit").isEnabledFor(logging.INFO):
+        yield
+        return
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
 def _quiet_libraries():
     """Drop the expected library log records and litert-torch's console progress for one call."""
     root, drop = logging.getLogger(), _DropExpected()
@@ -99,7 +125,7 @@ def _quiet_libraries():
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"  # litert-torch reads it at every step
     root.addFilter(drop)
     try:
-        with quiet_quantizer():
+        with quiet_quantizer(), quiet_native_stderr():
             yield
     finally:
         root.removeFilter(drop)
