@@ -179,10 +179,16 @@ def student_candidates(config: DistillConfig, teacher, teacher_tokenizer, labels
     if str(config.student) != AUTO:
         return [packaged(str(config.student), config.layers, config.layers is not None)]
     layers = config.layers or 3
-    candidates = [packaged("paraphrase-minilm-l3", layers, layers != 3), packaged("minilm-l6", layers, True)]
+    # every start that has at least `layers` layers (a 3-layer encoder cannot give 4)
+    candidates = [packaged("paraphrase-minilm-l3", layers, layers != 3)] if layers <= 3 else []
+    if layers <= 6:
+        candidates.append(packaged("minilm-l6", layers, layers != 6))
     encoder, _ = _teacher_encoder(teacher)
     if encoder.config.hidden_size <= _SMALL_HIDDEN and encoder.config.num_hidden_layers > layers:
         candidates.append(from_teacher(layers))
+    if not candidates:
+        raise ModelError(f"no packaged student start has {layers} layers (paraphrase-minilm-l3: 3, minilm-l6: 6); "
+                         "give --student PATH or fewer --student-layers")
     return candidates
 
 

@@ -77,7 +77,7 @@ def make_student(run: Run) -> tuple[Path, dict[str, Any]]:
             "choice_reason": start.reason, "probe_validation_accuracy": chosen.probe_accuracy,
             "teacher_temperature": teacher_t}
     model, tokenizer = chosen.model, chosen.tokenizer
-    if config.prune_vocab:
+    if config.prune_vocab is not False:
         with run.timer.stage("vocabulary pruning"):
             model, tokenizer, info["vocab_pruning"] = _prune(run, model, tokenizer, transfer.texts)
     with run.timer.stage("distillation"):
@@ -96,20 +96,43 @@ def make_student(run: Run) -> tuple[Path, dict[str, Any]]:
     return student_dir, info
 
 
+# Pruning keeps the tokens of the transfer set; a word it never saw is then split into other
+# pieces than the full vocabulary would give. Validation is held out of the pruning corpus, so
+# the agreement measured on it is what unseen text will see; below this, the vocabulary stays whole.
+PRUNE_MIN_AGREEMENT = 0.99
+
+
 def _prune(run: Run, model, tokenizer, transfer_texts):
-    """Prune the start's vocabulary to the domain corpus before training; check it answers as before."""
+    """Prune the start's vocabulary to the transfer set before training, if held-out answers stay the same.
+
+    ``--prune-vocab`` prunes regardless, ``--no-prune-vocab`` never; by default (None) the pruned
+    start must agree with the unpruned one on at least PRUNE_MIN_AGREEMENT of the validation texts,
+    which are not part of the pruning corpus.
+    """
     from edgekit.converters.training import predict_logits
     from edgekit.converters.vocab import prune_vocabulary
     from transformers import AutoTokenizer
 
-    val, max_length = run.data.val, run.data.max_length
+    val, max_length, forced = run.data.val, run.data.max_length, run.config.prune_vocab
     before = predict_logits(model, tokenizer, val.texts, max_length=max_length).argmax(-1)
+    whole = (model.get_input_embeddings(), model.config.vocab_size, model.config.pad_token_id)
     pruned_dir = run.work / "student-pruned"
-    pruned = prune_vocabulary(model, tokenizer, list(transfer_texts) + list(val.texts), pruned_dir)
-    tokenizer = AutoTokenizer.from_pretrained(pruned_dir, use_fast=True)
-    after = predict_logits(model, tokenizer, val.texts, max_length=max_length).argmax(-1)
+    pruned = prune_vocabulary(model, tokenizer, list(transfer_texts), pruned_dir)
+    pruned_tokenizer = AutoTokenizer.from_pretrained(pruned_dir, use_fast=True)
+    after = predict_logits(model, pruned_tokenizer, val.texts, max_length=max_length).argmax(-1)
     agreement = float((after == before).mean())
-    run.echo(f"vocabulary pruned {pruned.old_size} → {pruned.new_size} tokens "
-             f"({pruned.bytes_saved / 1e6:.1f} MB fp32 saved), agreement with the unpruned start {agreement:.4f}")
-    return model, tokenizer, {"tokens_before": pruned.old_size, "tokens_after": pruned.new_size,
-                              "bytes_saved_fp32": pruned.bytes_saved, "agreement_with_unpruned": agreement}
+    applied = forced is True or agreement >= PRUNE_MIN_AGREEMENT
+    info = {"tokens_before": pruned.old_size, "tokens_after": pruned.new_size, "bytes_saved_fp32": pruned.bytes_saved,
+            "agreement_with_unpruned": agreement, "applied": applied,
+            "rule": "forced (--prune-vocab)" if forced else f"held-out agreement >= {PRUNE_MIN_AGREEMENT}"}
+    if applied:
+        run.echo(f"vocabulary pruned {pruned.old_size} → {pruned.new_size} tokens ({pruned.bytes_saved / 1e6:.1f} MB "
+                 f"fp32 saved); on validation, held out of the pruning corpus, it agrees {agreement:.4f} with the "
+                 "whole vocabulary")
+        return model, pruned_tokenizer, info
+    model.set_input_embeddings(whole[0])
+    model.config.vocab_size, model.config.pad_token_id = whole[1], whole[2]
+    run.echo(f"vocabulary kept whole ({pruned.old_size} tokens): pruning to the {pruned.new_size} tokens of the "
+             f"transfer set changed {1 - agreement:.1%} of the answers on validation texts it had not seen "
+             f"(--prune-vocab forces it)")
+    return model, tokenizer, info

@@ -32,7 +32,7 @@ class ConvertConfig:
     # (paraphrase-minilm-l3, minilm-l6) or a directory holding a smaller pretrained encoder
     student: Path | None = Path("auto")
     student_layers: int | None = None
-    prune_vocab: bool = True
+    prune_vocab: bool | None = None  # None: prune if held-out answers do not change (converters/student.py)
     augment: bool = True
     epochs: int | None = None  # None: enough epochs for 1,500 optimizer steps (3..20), early stopping
     batch_size: int = 32

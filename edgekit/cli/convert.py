@@ -36,7 +36,9 @@ def _variants(values: tuple[str, ...]) -> dict[str, list[str]] | None:
 @click.option("--student", type=_P, help="The student's start: auto (default: probe paraphrase-minilm-l3, minilm-l6 layers "
               "and small teachers' layers, keep the best), teacher-layers, a packaged name or a directory.")
 @click.option("--student-layers", type=click.IntRange(1), help="Layers the student keeps (auto: 3; teacher-layers: half; --student PATH: all).")
-@click.option("--prune-vocab/--no-prune-vocab", default=None, help="Prune the vocabulary to the domain corpus (default on).")
+@click.option("--prune-vocab/--no-prune-vocab", default=None,
+              help="Prune the vocabulary to the transfer set's tokens (default: when it changes < 1% of the "
+                   "answers on validation, which it has not seen).")
 @click.option("--augment/--no-augment", default=None, help="Add perturbed copies of the training texts (default on).")
 @click.option("--epochs", type=click.IntRange(1), help="Distillation epochs (default: enough for 1,500 steps, 3..20; early stopping).")
 @click.option("--batch-size", type=click.IntRange(1))

@@ -22,6 +22,7 @@ def test_bundles_report_and_manifest(converted):
     rows = report["rows"]
     assert rows[0]["artifact"] == "teacher"
     assert report["student"]["pooling"] == "mean" and report["student"]["history"]
+    assert 0 <= report["student"]["vocab_pruning"]["agreement_with_unpruned"] <= 1
     for stage in ("teacher scoring (validation, test)", "teacher scoring (transfer set)", "student start (probes)",
                   "distillation", "export onnx/fp32", "measure onnx/fp32"):
         assert report["stages"][stage]["seconds"] >= 0, stage
@@ -176,3 +177,22 @@ def _pooling(bundle: Path) -> str:
     from edgekit.manifest import Manifest
 
     return Manifest.load(bundle).pooling
+
+
+def test_pruning_that_changes_held_out_answers_is_not_applied(tmp_path, tiny_classifier, small_splits, monkeypatch):
+    """The vocabulary stays whole when pruning would change answers on validation (held out of its corpus).
+
+    Checked to fail: with the rule removed (pruning always applied) the bundle's tokenizer is the
+    pruned one and the first assert below fails.
+    """
+    import edgekit.converters.student as student
+    from edgekit.converters.pipeline import convert
+
+    monkeypatch.setattr(student, "PRUNE_MIN_AGREEMENT", 1.01)  # no agreement is enough
+    cfg = _config(tiny_classifier, small_splits, tmp_path / "out", variants={"onnx": ["fp32"]}, epochs=1)
+    convert(cfg, echo=lambda s: None)
+    vocab = json.loads((tmp_path / "out" / "onnx-fp32" / "tokenizer.json").read_text())["model"]["vocab"]
+    whole = json.loads((tiny_classifier / "tokenizer.json").read_text())["model"]["vocab"]
+    assert len(vocab) == len(whole)
+    pruning = json.loads((tmp_path / "out" / "report.json").read_text())["student"]["vocab_pruning"]
+    assert pruning["applied"] is False and pruning["tokens_after"] <= pruning["tokens_before"]
