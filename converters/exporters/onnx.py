@@ -31,7 +31,7 @@ _VARIANTS: dict[str, dict | None] = {
 }
 FORMAT = FORMATS.add_spec(FormatSpec(
     name="onnx", exporter="edgekit.converters.exporters.onnx:OnnxExporter", variants=tuple(_VARIANTS),
-    demo_variants=("fp32", "int8-dynamic"), requires=("onnx", "onnxruntime"),
+    demo_variants=("fp32", "int8-dynamic", "int8-dynamic-per-channel"), requires=("onnx", "onnxruntime"),
 ))
 
 
