@@ -31,7 +31,8 @@ _VARIANTS: dict[str, dict | None] = {
 }
 FORMAT = FORMATS.add_spec(FormatSpec(
     name="onnx", exporter="edgekit.converters.exporters.onnx:OnnxExporter", variants=tuple(_VARIANTS),
-    demo_variants=("fp32", "int8-dynamic", "int8-dynamic-per-channel"), requires=("onnx", "onnxruntime"),
+    demo_variants=("fp32", "int8-dynamic", "int8-dynamic-per-channel", "int8-dynamic-u8", "int8-static"),
+    requires=("onnx", "onnxruntime"),
 ))
 
 
