@@ -69,6 +69,7 @@ class EdgeServer:
         max_workers: int,
         max_message_bytes: int,
         metrics_port: int | None,
+        reuse_port: bool = False,
     ) -> None:
         self.dataplane = dataplane
         self.host = host
@@ -85,7 +86,9 @@ class EdgeServer:
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+                # a second server on a busy port must fail, not share it; only `serve --workers`
+                # processes (runtime.workers) share one on purpose
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
         edgekit_pb2_grpc.add_EdgeClassifierServicer_to_server(EdgeClassifierServicer(dataplane), self._server)
@@ -210,6 +213,7 @@ class ServerSettings:
     max_workers: int = 16
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     warmup_texts: Sequence[str] = WARMUP_TEXTS
+    reuse_port: bool = False  # SO_REUSEPORT: set for the processes of `serve --workers N` only
 
 
 def build_server(model: LogitModel, settings: ServerSettings | None = None, *, cloud: CloudClient | None = None,
@@ -226,7 +230,8 @@ def build_server(model: LogitModel, settings: ServerSettings | None = None, *, c
                           limits=settings.limits, warmup_texts=settings.warmup_texts)
     try:
         server = EdgeServer(dataplane, host=settings.host, port=settings.port, max_workers=settings.max_workers,
-                            max_message_bytes=settings.max_message_bytes, metrics_port=settings.metrics_port)
+                            max_message_bytes=settings.max_message_bytes, metrics_port=settings.metrics_port,
+                            reuse_port=settings.reuse_port)
     except BaseException:
         dataplane.close()
         raise

@@ -2,8 +2,9 @@
 
 One Python process serves gRPC with one interpreter lock; past a few cores more threads do not
 add throughput, more processes do. Each worker is a full ``edgekit serve`` (its own engine with
-``threads`` intra-op threads, N × threads ≤ cores) that binds the same port: gRPC sets
-SO_REUSEPORT on Linux by default, so the kernel spreads new connections over the workers.
+``threads`` intra-op threads, N × threads ≤ cores) that binds the same port with SO_REUSEPORT
+(switched on for workers only, see :data:`REUSE_PORT_ENV`), so the kernel spreads new
+connections over the workers.
 
 Metrics: the workers run prometheus_client in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a
 private temporary directory) and expose no HTTP port of their own; this parent process serves
@@ -29,7 +30,11 @@ from collections.abc import Callable, Sequence
 
 from edgekit.errors import ConfigError
 
-__all__ = ["free_port", "serve_workers", "threads_per_worker"]
+__all__ = ["REUSE_PORT_ENV", "free_port", "serve_workers", "threads_per_worker"]
+
+# Set by the parent in its workers' environment: their servers bind the shared port with
+# SO_REUSEPORT (a server started by hand never does, so a busy port fails loudly).
+REUSE_PORT_ENV = "EDGEKIT_WORKER_REUSE_PORT"
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +84,7 @@ def serve_workers(worker_argv: Callable[[int], list[str]], workers: int, *, host
     """Run ``workers`` processes of ``worker_argv(port)`` on one port until a signal; returns the exit code."""
     port = port or free_port(host)
     mp_dir = tempfile.mkdtemp(prefix="edgekit-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": mp_dir}
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": mp_dir, REUSE_PORT_ENV: "1"}
     procs: list[subprocess.Popen] = []
     stopping = threading.Event()
     try:

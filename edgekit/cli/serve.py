@@ -145,8 +145,13 @@ def command(
         if cloud is not None:
             cloud.close()
         raise
+    import os
+
+    from edgekit.runtime.workers import REUSE_PORT_ENV
+
     _serve(model, ServerSettings(host=host, port=port, cascade=cascade, batching=batching, metrics_port=metrics_port,
-                                 max_workers=max_workers), cloud=cloud, grace_s=grace_s)
+                                 max_workers=max_workers, reuse_port=os.environ.get(REUSE_PORT_ENV) == "1"),
+           cloud=cloud, grace_s=grace_s)
 
 
 def _serve_workers(ctx: click.Context, workers: int) -> None:
