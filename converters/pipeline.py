@@ -140,14 +140,17 @@ class Run:
     timer: StageTimer
 
     def teacher_logits(self, texts, note, pooled: bool = False):
-        """The teacher's logits (and pooled features) for ``texts``: cached on disk by weights + texts."""
-        from edgekit.converters.teacher_cache import teacher_outputs
+        return _score_with_teacher(self.config, self.data, self.teacher, texts, note, pooled)
 
-        out = teacher_outputs(self.teacher.model, self.teacher.tokenizer, list(texts),
-                              max_length=self.data.max_length, weights_sha256=self.teacher.sha256,
-                              pooled=pooled, use_cache=self.config.teacher_cache)
-        note("cached" if out.cached else "computed")
-        return out
+
+def _score_with_teacher(config: ConvertConfig, data: Splits, teacher: Teacher, texts, note, pooled: bool = False):
+    """The teacher's logits (and pooled features) for ``texts``: cached on disk by weights + texts."""
+    from edgekit.converters.teacher_cache import teacher_outputs
+
+    out = teacher_outputs(teacher.model, teacher.tokenizer, list(texts), max_length=data.max_length,
+                          weights_sha256=teacher.sha256, pooled=pooled, use_cache=config.teacher_cache)
+    note("cached" if out.cached else "computed")
+    return out
 
 
 def _load_splits(config: ConvertConfig, teacher_tokenizer, labels: list[str], echo) -> Splits:
@@ -178,10 +181,9 @@ def _load_teacher(config: ConvertConfig, echo, timer: StageTimer) -> tuple[Teach
     data = _load_splits(config, tokenizer, labels, echo)
     files = [p for p in Path(config.model_dir).iterdir() if p.suffix in (".safetensors", ".bin")]
     teacher = Teacher(model, tokenizer, {p.name: sha256_file(p) for p in files}, np.zeros(0), np.zeros(0), {})
-    probe = Run(config, data, teacher, Path(), echo, timer)
     with timer.stage("teacher scoring (validation, test)") as note:
-        teacher.val_logits = probe.teacher_logits(data.val.texts, note).logits
-        teacher.test_logits = probe.teacher_logits(data.test.texts, note).logits
+        teacher.val_logits = _score_with_teacher(config, data, teacher, data.val.texts, note).logits
+        teacher.test_logits = _score_with_teacher(config, data, teacher, data.test.texts, note).logits
     teacher.row = {
         "artifact": "teacher", "format": "torch", "precision": "fp32", "variant": "fp32",
         "size_bytes": sum(p.stat().st_size for p in files),

@@ -138,7 +138,7 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
     for name, p in model.named_parameters():
         if p.requires_grad:
             decay = not ("bias" in name or "norm" in name.lower())
-            head = name.split(".")[-2:-1] == ["classifier"] or name.startswith("classifier.")
+            head = name.split(".")[-2:-1] == ["classifier"]  # "classifier.weight", "student.classifier.bias"
             groups.setdefault((head, decay), []).append(p)
     return torch.optim.AdamW(
         [{"params": ps, "lr": head_lr if head else config.learning_rate,

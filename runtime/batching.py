@@ -117,7 +117,8 @@ class MicroBatcher(Generic[R]):
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             self._queue.append(pending)
-            self._cond.notify_all()  # a leader waiting under max_wait_ms re-counts its batch
+            if self._settings.max_wait_ms > 0:
+                self._cond.notify_all()  # a leader waiting for company re-counts its batch
             while not pending.done:
                 if self._busy:
                     self._cond.wait()

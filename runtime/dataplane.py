@@ -100,10 +100,11 @@ class _Metrics:
             multiprocess_mode="livemax",
         )
         self._breaker: CircuitBreaker | None = None
+        self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # read once, not per request
 
     def watch(self, breaker: CircuitBreaker) -> None:
         self._breaker = breaker
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if not self._multiprocess:
             self.breaker_open.set_function(lambda: float(breaker.state == "open"))
         # in multiprocess mode a callback gauge cannot be shared: cloud_outcome sets it instead
 
@@ -112,7 +113,7 @@ class _Metrics:
             self.cloud_skipped.labels(outcome).inc()
         else:
             self.cloud_calls.labels(outcome).inc()
-        if self._breaker is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if self._breaker is not None and self._multiprocess:
             self.breaker_open.set(float(self._breaker.state == "open"))
 
     def request_done(self, predictions: Sequence[Prediction]) -> None:

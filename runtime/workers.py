@@ -135,7 +135,6 @@ def _stop(procs: list[subprocess.Popen], grace_s: float, mp_dir: str) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
         multiprocess.mark_process_dead(proc.pid, mp_dir)
 
 

@@ -89,9 +89,13 @@ class _Process:
             raise ConfigError("server did not start: " + "".join(lines[-5:]).strip())
 
     def metric(self, name: str) -> float:
+        """A sample's value summed over its labels, from the server's /metrics (prometheus_client's parser)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
             body = response.read().decode()
-        return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", body, re.M))
+        return sum(sample.value for family in text_string_to_metric_families(body)
+                   for sample in family.samples if sample.name == name)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
