@@ -13,18 +13,13 @@ from edgekit.manifest import Manifest
 from edgekit.registry import ENGINES, EngineSpec, Registry, engines_for, import_package_modules
 from edgekit.runtime.backends.base import Backend
 
-__all__ = ["engine_names", "load_backend", "load_engines", "resolve_backend"]
+__all__ = ["load_backend", "load_engines", "resolve_backend"]
 
 
 def load_engines() -> Registry[EngineSpec]:
     """ENGINES with every backend module of this package registered (light: engines load lazily)."""
     import_package_modules(__name__)
     return ENGINES
-
-
-def engine_names() -> list[str]:
-    """Every registered engine (for ``--backend`` choices)."""
-    return load_engines().names()
 
 
 def resolve_backend(manifest: Manifest, backend: str = "auto") -> str:
