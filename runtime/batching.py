@@ -112,33 +112,49 @@ class MicroBatcher(Generic[R]):
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             return self._call(list(texts))
-        pending = _Pending(texts)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
-            self._queue.append(pending)
-            if self._settings.max_wait_ms > 0:
-                self._cond.notify_all()  # a leader waiting for company re-counts its batch
-            while not pending.done:
-                if self._busy:
-                    self._cond.wait()
-                    continue
-                # the model is free: lead a batch from the head of the queue (busy from here on,
-                # also while _take waits for company under max_wait_ms, so nobody else leads)
-                self._busy = True
-                try:
-                    batch = self._take()
-                    self._cond.release()
-                    try:
-                        self._run_batch(batch)
-                    finally:
-                        self._cond.acquire()
-                finally:
+            alone = not self._busy and not self._queue and self._settings.max_wait_ms <= 0
+            if alone:
+                self._busy = True  # the model is idle and nobody queues: run at once, no bookkeeping
+            else:
+                pending = self._wait_or_lead(texts)
+        if alone:
+            try:
+                return self._call(list(texts))
+            finally:
+                with self._cond:
                     self._busy = False
-                    self._cond.notify_all()
+                    self._cond.notify_all()  # whoever queued meanwhile leads the next batch
         if pending.error is not None:
             raise pending.error
         return pending.rows
+
+    def _wait_or_lead(self, texts: Sequence[str]) -> _Pending:
+        """Queue ``texts`` and wait (under the lock) until some leader, maybe this caller, ran them."""
+        pending = _Pending(texts)
+        self._queue.append(pending)
+        if self._settings.max_wait_ms > 0:
+            self._cond.notify_all()  # a leader waiting for company re-counts its batch
+        while not pending.done:
+            if self._busy:
+                self._cond.wait()
+                continue
+            # the model is free: lead a batch from the head of the queue (busy from here on,
+            # also while _take waits for company under max_wait_ms, so nobody else leads)
+            self._busy = True
+            try:
+                batch = self._take()
+                self._cond.release()
+                try:
+                    self._run_batch(batch)
+                finally:
+                    self._cond.acquire()
+            finally:
+                self._busy = False
+                self._cond.notify_all()
+        return pending
 
     def queued(self) -> int:
         """Requests waiting for the model (not counting the batch it is running)."""

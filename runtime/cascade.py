@@ -164,6 +164,7 @@ class Cascade:
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock)
         self._inflight = threading.BoundedSemaphore(settings.max_cloud_inflight)
         self._on_cloud = on_cloud
+        self._who = f"model {info.name!r}"  # formatted once: it is only read when a check fails
 
     def classify(
         self,
@@ -176,11 +177,11 @@ class Cascade:
         info = self.edge.info
         start = time.perf_counter()
         logits = self.edge.logits(texts)
-        check_logits(logits, len(texts), len(info.labels), who=f"model {info.name!r}", error=ModelError)
+        check_logits(logits, len(texts), len(info.labels), who=self._who, error=ModelError)
         probs = calibrated_probabilities(logits, info.temperature)
         edge_ms = (time.perf_counter() - start) * 1000.0
         best = probs.argmax(axis=1)
-        edge_scores = probs[np.arange(len(texts)), best]
+        edge_scores = probs[np.arange(len(texts)), best].tolist()
 
         threshold = options.threshold if options.threshold is not None else self.threshold
         unsure = [i for i, score in enumerate(edge_scores) if score < threshold]
@@ -193,28 +194,24 @@ class Cascade:
             else:
                 cloud_answers = dict(zip(unsure, answers))
         total_ms = (time.perf_counter() - start) * 1000.0
+        failed = frozenset(unsure) if cloud_failed else frozenset()
 
         predictions = []
-        for i, row in enumerate(probs):
-            order = np.argsort(-row, kind="stable")[: options.top_k]
-            edge_top = tuple((info.labels[j], float(row[j])) for j in order)
+        for i, edge_top in enumerate(_top_k(probs, best, edge_scores, info.labels, options.top_k)):
             if i in cloud_answers:
                 label, score = cloud_answers[i]
                 top = ((label, score), *(pair for pair in edge_top if pair[0] != label))[: options.top_k]
                 route, latency = Route.CLOUD, total_ms
             else:
                 (label, score), top = edge_top[0], edge_top
-                if cloud_failed and i in unsure:
-                    route, latency = Route.EDGE_CLOUD_FAILED, total_ms
-                else:
-                    route, latency = Route.EDGE, edge_ms
+                route, latency = (Route.EDGE_CLOUD_FAILED, total_ms) if i in failed else (Route.EDGE, edge_ms)
             predictions.append(
                 Prediction(
                     label=label,
                     score=score,
                     top_k=top,
                     route=route,
-                    edge_score=float(edge_scores[i]),
+                    edge_score=edge_scores[i],
                     latency_ms=latency,
                     model_name=info.name,
                     model_version=info.version,
@@ -264,6 +261,20 @@ class Cascade:
     def _report(self, outcome: str) -> None:
         if self._on_cloud is not None:
             self._on_cloud(outcome)
+
+
+def _top_k(
+    probs: np.ndarray, best: np.ndarray, best_scores: list[float], labels: Sequence[str], k: int
+) -> list[tuple[tuple[str, float], ...]]:
+    """Each row's k best (label, probability) pairs, best first (ties: the lower index first).
+
+    ``k = 1``, what nearly every request asks, reuses the argmax instead of sorting every row.
+    """
+    if k == 1:
+        return [((labels[j], score),) for j, score in zip(best.tolist(), best_scores)]
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [tuple((labels[j], p) for j, p in zip(row, np.take(probs[i], row).tolist()))
+            for i, row in enumerate(order.tolist())]
 
 
 def _call(cloud: CloudClient, texts: list[str], timeout_s: float) -> list[tuple[str, float]]:

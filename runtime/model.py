@@ -29,6 +29,7 @@ class BundleModel:
         self.backend_name = resolve_backend(manifest, backend)
         self.tokenizer = TextTokenizer(self.bundle_dir / manifest.tokenizer_file, manifest.max_length)
         self.backend = load_backend(self.bundle_dir, manifest, self.backend_name, threads=threads)
+        self._who = f"{self.bundle_dir}: the model"
         self._lock = threading.Lock()  # not every engine's session is safe to call concurrently
         self._info = ModelInfo(
             name=manifest.name,
@@ -69,8 +70,7 @@ class BundleModel:
             for ids, mask in encoded:
                 out.append(np.asarray(self.backend.run(ids, mask), dtype=np.float32))
         logits = np.concatenate(out)
-        check_logits(logits, len(texts), len(self.manifest.labels), who=f"{self.bundle_dir}: the model",
-                     error=ManifestError)
+        check_logits(logits, len(texts), len(self._info.labels), who=self._who, error=ManifestError)
         return logits
 
     def close(self) -> None:

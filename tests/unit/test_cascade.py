@@ -30,6 +30,24 @@ def test_calibration_is_softmax_of_logits_over_temperature():
     assert hotter[0, 0] < probs[0, 0]  # a higher temperature flattens the distribution
 
 
+def test_top_k_is_the_stable_sort_of_each_row_for_every_k():
+    """k = 1 takes a shortcut (the argmax); it must agree with the full sort, ties included."""
+    from edgekit.runtime.cascade import _top_k
+
+    rng = np.random.default_rng(0)
+    probs = calibrated_probabilities(rng.normal(size=(6, 5)), 1.0)
+    probs[0] = [0.3, 0.3, 0.2, 0.1, 0.1]  # a tie for first place: the lower index wins
+    labels = ["a", "b", "c", "d", "e"]
+    best = probs.argmax(axis=1)
+    for k in (1, 2, 5):
+        got = _top_k(probs, best, probs[np.arange(6), best].tolist(), labels, k)
+        for row, pairs in zip(probs, got):
+            order = np.argsort(-row, kind="stable")[:k]
+            assert [label for label, _ in pairs] == [labels[j] for j in order]
+            assert [score for _, score in pairs] == pytest.approx(row[order].tolist())
+    assert _top_k(probs, best, probs[np.arange(6), best].tolist(), labels, 1)[0][0][0] == "a"
+
+
 def test_confident_texts_stay_at_the_edge_and_the_cloud_is_not_called():
     cloud = right_cloud()
     predictions = Cascade(KeywordModel(), cloud).classify(CONFIDENT)
