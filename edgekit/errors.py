@@ -10,7 +10,9 @@
     │   └── AccuracyGateError         exit 7   an artifact lost more accuracy than allowed
     ├── ManifestError                 exit 8   bundle manifest missing, invalid, or checksum mismatch
     ├── InvalidInput                  exit 9   a request the runtime refuses (gRPC INVALID_ARGUMENT)
-    └── CloudUnavailable              exit 10  the cloud model could not answer (gRPC UNAVAILABLE)
+    ├── CloudUnavailable              exit 10  the cloud model could not answer (gRPC UNAVAILABLE)
+    ├── Overloaded                    exit 11  the server is at capacity; retry later (gRPC RESOURCE_EXHAUSTED)
+    └── DeadlineExceeded              exit 12  the caller's deadline passed before the work ran (gRPC DEADLINE_EXCEEDED)
 
 Third-party errors are wrapped once at the boundary with ``raise ... from exc``.
 The gRPC status of each class is named as a string so that this module imports
@@ -25,11 +27,13 @@ __all__ = [
     "ConfigError",
     "ConversionError",
     "DataError",
+    "DeadlineExceeded",
     "EdgekitError",
     "InvalidInput",
     "ManifestError",
     "MissingDependencyError",
     "ModelError",
+    "Overloaded",
     "UnsupportedFormatError",
 ]
 
@@ -108,3 +112,13 @@ class InvalidInput(EdgekitError):
 class CloudUnavailable(EdgekitError):
     exit_code = 10
     grpc_status = "UNAVAILABLE"
+
+
+class Overloaded(EdgekitError):
+    exit_code = 11
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(EdgekitError):
+    exit_code = 12
+    grpc_status = "DEADLINE_EXCEEDED"

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, DeadlineExceeded
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -63,6 +63,7 @@ class BatchSettings:
 @dataclass
 class _Pending:
     texts: Sequence[str]
+    deadline: float | None = None  # time.monotonic() past which the caller no longer waits
     arrived: float = field(default_factory=time.monotonic)
     done: bool = False
     rows: Any = None
@@ -106,20 +107,27 @@ class MicroBatcher(Generic[R]):
         self._busy = False
         self._closed = False
 
-    def submit(self, texts: Sequence[str]) -> R:
-        """Run ``fn`` on ``texts``, possibly together with other callers' texts; block for the rows."""
+    def submit(self, texts: Sequence[str], deadline: float | None = None) -> R:
+        """Run ``fn`` on ``texts``, possibly together with other callers' texts; block for the rows.
+
+        ``deadline`` (a ``time.monotonic()`` value): if it passes while the request waits for
+        the model, the request is dropped unrun and raises :class:`DeadlineExceeded`, so the
+        model never works for a caller who already left.
+        """
         if not self._settings.enabled:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
+            _check_deadline(deadline, time.monotonic())
             return self._call(list(texts))
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             alone = not self._busy and not self._queue and self._settings.max_wait_ms <= 0
             if alone:
+                _check_deadline(deadline, time.monotonic())
                 self._busy = True  # the model is idle and nobody queues: run at once, no bookkeeping
             else:
-                pending = self._wait_or_lead(texts)
+                pending = self._wait_or_lead(texts, deadline)
         if alone:
             try:
                 return self._call(list(texts))
@@ -131,9 +139,9 @@ class MicroBatcher(Generic[R]):
             raise pending.error
         return pending.rows
 
-    def _wait_or_lead(self, texts: Sequence[str]) -> _Pending:
+    def _wait_or_lead(self, texts: Sequence[str], deadline: float | None) -> _Pending:
         """Queue ``texts`` and wait (under the lock) until some leader, maybe this caller, ran them."""
-        pending = _Pending(texts)
+        pending = _Pending(texts, deadline)
         self._queue.append(pending)
         if self._settings.max_wait_ms > 0:
             self._cond.notify_all()  # a leader waiting for company re-counts its batch
@@ -146,11 +154,12 @@ class MicroBatcher(Generic[R]):
             self._busy = True
             try:
                 batch = self._take()
-                self._cond.release()
-                try:
-                    self._run_batch(batch)
-                finally:
-                    self._cond.acquire()
+                if batch:  # empty when every queued request had expired
+                    self._cond.release()
+                    try:
+                        self._run_batch(batch)
+                    finally:
+                        self._cond.acquire()
             finally:
                 self._busy = False
                 self._cond.notify_all()
@@ -183,6 +192,7 @@ class MicroBatcher(Generic[R]):
             deadline = self._queue[0].arrived + self._settings.max_wait_ms / 1000.0
             while sum(len(p.texts) for p in self._queue) < limit and time.monotonic() < deadline:
                 self._cond.wait(deadline - time.monotonic())
+        self._drop_expired()
         batch: list[_Pending] = []
         size = 0
         while self._queue and (not batch or size + len(self._queue[0].texts) <= limit):
@@ -190,6 +200,24 @@ class MicroBatcher(Generic[R]):
             batch.append(item)
             size += len(item.texts)
         return batch
+
+    def _drop_expired(self) -> None:
+        """Answer every queued request whose deadline has passed with DeadlineExceeded (under the lock)."""
+        now = time.monotonic()
+        if not any(p.deadline is not None and p.deadline <= now for p in self._queue):
+            return
+        kept: deque[_Pending] = deque()
+        for pending in self._queue:
+            if pending.deadline is not None and pending.deadline <= now:
+                waited_ms = (now - pending.arrived) * 1000.0
+                pending.error = DeadlineExceeded(
+                    f"the request's deadline passed after {waited_ms:.0f} ms in the queue; it was not run"
+                )
+                pending.done = True
+            else:
+                kept.append(pending)
+        self._queue = kept
+        self._cond.notify_all()  # their callers return as soon as the leader releases the lock
 
     def _call(self, texts: list[str]) -> R:
         if self._on_batch is not None:
@@ -218,6 +246,11 @@ class MicroBatcher(Generic[R]):
             start = end
 
 
+def _check_deadline(deadline: float | None, now: float) -> None:
+    if deadline is not None and deadline <= now:
+        raise DeadlineExceeded("the request's deadline had passed before its model call; it was not run")
+
+
 class BatchedModel:
     """A LogitModel whose ``logits`` calls go through a :class:`MicroBatcher`."""
 
@@ -237,6 +270,10 @@ class BatchedModel:
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         return self._batcher.submit(texts)
+
+    def logits_until(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
+        """:meth:`logits`, dropped unrun (DeadlineExceeded) if ``deadline`` passes while it waits."""
+        return self._batcher.submit(texts, deadline)
 
     def close(self) -> None:
         """Stop batching (queued requests still run); the wrapped model is closed by its owner."""

@@ -165,6 +165,9 @@ class Cascade:
         self._inflight = threading.BoundedSemaphore(settings.max_cloud_inflight)
         self._on_cloud = on_cloud
         self._who = f"model {info.name!r}"  # formatted once: it is only read when a check fails
+        # a batched edge model drops a request whose deadline passes while it queues; a plain one runs it
+        until = getattr(edge, "logits_until", None)
+        self._edge_logits = until if until is not None else (lambda texts, deadline: edge.logits(texts))
 
     def classify(
         self,
@@ -176,7 +179,8 @@ class Cascade:
         """One Prediction per text. ``time_remaining_s``: the caller's deadline, caps the cloud call."""
         info = self.edge.info
         start = time.perf_counter()
-        logits = self.edge.logits(texts)
+        deadline = None if time_remaining_s is None else time.monotonic() + time_remaining_s
+        logits = self._edge_logits(texts, deadline)
         check_logits(logits, len(texts), len(info.labels), who=self._who, error=ModelError)
         probs = calibrated_probabilities(logits, info.temperature)
         edge_ms = (time.perf_counter() - start) * 1000.0
@@ -188,7 +192,7 @@ class Cascade:
         cloud_answers: dict[int, tuple[str, float]] = {}
         cloud_failed = False
         if unsure and options.allow_cloud and self.cloud is not None:
-            answers = self._ask_cloud(self.cloud, [texts[i] for i in unsure], time_remaining_s)
+            answers = self._ask_cloud(self.cloud, [texts[i] for i in unsure], deadline)
             if answers is None:
                 cloud_failed = True
             else:
@@ -220,12 +224,16 @@ class Cascade:
         return predictions
 
     def _ask_cloud(
-        self, cloud: CloudClient, texts: list[str], time_remaining_s: float | None
+        self, cloud: CloudClient, texts: list[str], deadline: float | None
     ) -> list[tuple[str, float]] | None:
-        """The cloud's answers, or None to degrade; raises CloudUnavailable under the fail policy."""
+        """The cloud's answers, or None to degrade; raises CloudUnavailable under the fail policy.
+
+        The call gets ``cloud_timeout_ms`` or what is left of the caller's ``deadline``
+        (``time.monotonic()``), whichever is shorter.
+        """
         timeout_s = self.settings.cloud_timeout_ms / 1000.0
-        if time_remaining_s is not None:
-            timeout_s = min(timeout_s, time_remaining_s)
+        if deadline is not None:
+            timeout_s = min(timeout_s, deadline - time.monotonic())
         if timeout_s <= 0:
             return self._give_up("no_time_left", CloudUnavailable("no time left before the request's deadline"))
         if not self._inflight.acquire(blocking=False):

@@ -8,7 +8,8 @@ Metrics live in a :class:`~prometheus_client.CollectorRegistry` per data plane, 
 process-global one, so tests (or a process serving two models) can build several:
 
 * ``edgekit_requests_total{backend,status}``: requests by outcome (ok, invalid_input,
-  cloud_unavailable, error);
+  overloaded, deadline_exceeded, cloud_unavailable, error);
+* ``edgekit_queued_texts``: texts admitted and not yet answered (``Limits.max_queue`` bounds it);
 * ``edgekit_predictions_total{route,backend}`` and
   ``edgekit_prediction_latency_seconds{route,backend}``: texts and their latency by who
   answered; the cloud rate is ``rate(predictions{route="CLOUD"}) / rate(predictions)``;
@@ -24,13 +25,13 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from edgekit.errors import CloudUnavailable, ConfigError, InvalidInput
+from edgekit.errors import CloudUnavailable, ConfigError, DeadlineExceeded, InvalidInput, Overloaded
 from edgekit.runtime.batching import BatchedModel, BatchSettings
 from edgekit.runtime.cascade import Cascade, CascadeSettings, CircuitBreaker
 from edgekit.runtime.types import ClassifyOptions, LogitModel, ModelInfo, Prediction, Route
@@ -48,18 +49,35 @@ WARMUP_TEXTS = ("where is my order?", "I want to cancel my purchase", "how do I 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _SKIPPED = frozenset({"breaker_open", "saturated", "no_time_left"})
+# edgekit_requests_total{status}: what each refused or failed request counts as
+_FAILURES = (
+    (InvalidInput, "invalid_input"),
+    (Overloaded, "overloaded"),
+    (DeadlineExceeded, "deadline_exceeded"),
+    (CloudUnavailable, "cloud_unavailable"),
+)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may carry; anything beyond is refused with InvalidInput."""
+    """What one request may carry (beyond: InvalidInput), and how much work the server admits at
+    once (``max_queue`` texts admitted and not yet answered; beyond: Overloaded, at once).
+
+    The default queue holds 256 texts: about a quarter of a second of work for a 3-layer int8
+    student at batch 8 on one core (benchmarks/server_overhead.py), so a burst is absorbed and a
+    flood is refused instead of growing every caller's latency without limit.
+    """
 
     max_texts: int = 64
     max_chars: int = 2000
+    max_queue: int = 256
 
     def __post_init__(self) -> None:
         if self.max_texts < 1 or self.max_chars < 1:
             raise ConfigError(f"limits must be at least 1, got max_texts={self.max_texts} max_chars={self.max_chars}")
+        if self.max_queue < self.max_texts:
+            raise ConfigError(f"max_queue (--max-queue) is {self.max_queue} texts; it must hold at least one full "
+                              f"request ({self.max_texts} texts)")
 
 
 def make_options(top_k: int = 1, allow_cloud: bool = True, threshold: float | None = None) -> ClassifyOptions:
@@ -85,6 +103,10 @@ class _Metrics:
             ["route", "backend"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
+        )
+        self.queued = Gauge(
+            "edgekit_queued_texts", "Texts admitted and not yet answered (refused beyond --max-queue).",
+            registry=registry, multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
             "edgekit_batch_size", "Texts per edge model call.", buckets=_BATCH_BUCKETS, registry=registry
@@ -115,6 +137,14 @@ class _Metrics:
             self.breaker_open.set_function(lambda: float(breaker.state == "open"))
         # in multiprocess mode a callback gauge cannot be shared: cloud_outcome sets it instead
 
+    def watch_queue(self, queued: Callable[[], int]) -> None:
+        if not self._multiprocess:
+            self.queued.set_function(lambda: float(queued()))  # read at scrape time: free per request
+
+    def queue_changed(self, queued: int) -> None:
+        if self._multiprocess:  # a callback gauge cannot be shared across processes
+            self.queued.set(queued)
+
     def cloud_outcome(self, outcome: str) -> None:
         if outcome in _SKIPPED:
             self.cloud_skipped.labels(outcome).inc()
@@ -131,13 +161,7 @@ class _Metrics:
             latency.observe(p.latency_ms / 1000.0)
 
     def request_failed(self, exc: BaseException) -> None:
-        status = (
-            "invalid_input"
-            if isinstance(exc, InvalidInput)
-            else "cloud_unavailable"
-            if isinstance(exc, CloudUnavailable)
-            else "error"
-        )
+        status = next((name for kind, name in _FAILURES if isinstance(exc, kind)), "error")
         self.requests.labels(self.backend, status).inc()
 
 
@@ -169,6 +193,9 @@ class DataPlane:
         self._cascade = Cascade(self._batched, cloud, cascade, on_cloud=self._metrics.cloud_outcome)
         self._metrics.watch(self._cascade.breaker)
         self._ready = threading.Event()
+        self._admission = threading.Lock()
+        self._queued = 0  # texts admitted and not yet answered
+        self._metrics.watch_queue(lambda: self._queued)
 
     @property
     def ready(self) -> bool:
@@ -218,12 +245,32 @@ class DataPlane:
         """Validate, then answer every text (see :mod:`edgekit.runtime.cascade` for the routing)."""
         try:
             self.validate(texts)
-            predictions = self._cascade.classify(texts, options, time_remaining_s=time_remaining_s)
+            self._admit(len(texts))
+            try:
+                predictions = self._cascade.classify(texts, options, time_remaining_s=time_remaining_s)
+            finally:
+                self._release(len(texts))
         except Exception as exc:
             self._metrics.request_failed(exc)
             raise
         self._metrics.request_done(predictions)
         return predictions
+
+    def _admit(self, n: int) -> None:
+        """Count ``n`` texts in, or refuse the request at once if the queue cannot take them."""
+        with self._admission:
+            if self._queued + n > self.limits.max_queue:
+                raise Overloaded(
+                    f"the server is at capacity: {self._queued} texts queued, at most {self.limits.max_queue} "
+                    "(--max-queue); retry with backoff"
+                )
+            self._queued += n
+            self._metrics.queue_changed(self._queued)
+
+    def _release(self, n: int) -> None:
+        with self._admission:
+            self._queued -= n
+            self._metrics.queue_changed(self._queued)
 
     def close(self) -> None:
         """Finish queued batches, then close the cloud client and the model."""

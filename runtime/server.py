@@ -70,6 +70,7 @@ class EdgeServer:
         max_message_bytes: int,
         metrics_port: int | None,
         reuse_port: bool = False,
+        max_inflight_rpcs: int | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.host = host
@@ -83,6 +84,9 @@ class EdgeServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edgekit-grpc"),
             interceptors=[ErrorInterceptor()],
+            # RPCs running or waiting for a worker thread; beyond, gRPC answers RESOURCE_EXHAUSTED
+            # itself ("Concurrent RPC limit exceeded") instead of queueing them without bound
+            maximum_concurrent_rpcs=max_inflight_rpcs,
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -211,6 +215,7 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # Prometheus over HTTP on the same host (0: any port)
     max_workers: int = 16
+    max_inflight_rpcs: int | None = 128  # gRPC's maximum_concurrent_rpcs (None: unbounded)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     warmup_texts: Sequence[str] = WARMUP_TEXTS
     reuse_port: bool = False  # SO_REUSEPORT: set for the processes of `serve --workers N` only
@@ -231,7 +236,7 @@ def build_server(model: LogitModel, settings: ServerSettings | None = None, *, c
     try:
         server = EdgeServer(dataplane, host=settings.host, port=settings.port, max_workers=settings.max_workers,
                             max_message_bytes=settings.max_message_bytes, metrics_port=settings.metrics_port,
-                            reuse_port=settings.reuse_port)
+                            reuse_port=settings.reuse_port, max_inflight_rpcs=settings.max_inflight_rpcs)
     except BaseException:
         dataplane.close()
         raise

@@ -74,10 +74,12 @@ class KeywordModel:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.batch_sizes: list[int] = []
+        self.seen: list[str] = []  # every text the model ran on, in order
         self.closed = False
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         self.batch_sizes.append(len(texts))
+        self.seen.extend(texts)
         if self.fail_on is not None and any(self.fail_on in t for t in texts):
             raise RuntimeError("model exploded")
         if self.hold_on is not None and any(self.hold_on in t for t in texts):

@@ -43,6 +43,12 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="On SIGTERM/Ctrl-C, how long in-flight requests may still run."),
         click.option("--max-workers", type=click.IntRange(min=1), default=16, show_default=True,
                      help="gRPC worker threads: requests served at once (size it for the concurrent clients)."),
+        click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Texts admitted and not yet answered; a request that does not fit is refused at once "
+                          "(RESOURCE_EXHAUSTED) instead of waiting without bound. At least 64 (one full request)."),
+        click.option("--max-inflight", type=click.IntRange(min=1), default=128, show_default=True,
+                     help="RPCs running or waiting for a worker thread (open streams included); beyond, gRPC "
+                          "refuses new calls with RESOURCE_EXHAUSTED."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -119,11 +125,16 @@ def command(
     metrics_port: int | None,
     grace_s: float,
     max_workers: int,
+    max_queue: int,
+    max_inflight: int,
 ) -> None:
     """Serve an edge BUNDLE over gRPC (edgekit.v1 and KServe/Triton v2), falling back to a cloud model."""
     from edgekit.deps import require
 
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve")
+    from edgekit.runtime.dataplane import Limits
+
+    limits = Limits(max_queue=max_queue)  # a bad value fails here, once, also before --workers start
     if workers > 1:
         checked = _cloud_client(cloud_target, cloud_protocol, cloud_model)  # bad option pairs fail here, once
         if checked is not None:
@@ -149,8 +160,9 @@ def command(
 
     from edgekit.runtime.workers import REUSE_PORT_ENV
 
-    _serve(model, ServerSettings(host=host, port=port, cascade=cascade, batching=batching, metrics_port=metrics_port,
-                                 max_workers=max_workers, reuse_port=os.environ.get(REUSE_PORT_ENV) == "1"),
+    _serve(model, ServerSettings(host=host, port=port, cascade=cascade, batching=batching, limits=limits,
+                                 metrics_port=metrics_port, max_workers=max_workers, max_inflight_rpcs=max_inflight,
+                                 reuse_port=os.environ.get(REUSE_PORT_ENV) == "1"),
            cloud=cloud, grace_s=grace_s)
 
 
@@ -190,6 +202,8 @@ def cloud_command(
     metrics_port: int | None,
     grace_s: float,
     max_workers: int,
+    max_queue: int,
+    max_inflight: int,
 ) -> None:
     """Serve the fine-tuned torch model in MODEL_DIR as the cloud model (it answers every text itself)."""
     from edgekit.deps import require
@@ -198,9 +212,11 @@ def cloud_command(
     require("torch", "transformers", extra="convert", what="edgekit serve-cloud")
     from edgekit.converters.torch_model import load_torch_model
     from edgekit.runtime.batching import BatchSettings
+    from edgekit.runtime.dataplane import Limits
     from edgekit.runtime.server import ServerSettings
 
     batching = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+    limits = Limits(max_queue=max_queue)  # checked before the model loads
     model = load_torch_model(model_dir, device=device)
-    _serve(model, ServerSettings(host=host, port=port, batching=batching, metrics_port=metrics_port,
-                                 max_workers=max_workers), cloud=None, grace_s=grace_s)
+    _serve(model, ServerSettings(host=host, port=port, batching=batching, limits=limits, metrics_port=metrics_port,
+                                 max_workers=max_workers, max_inflight_rpcs=max_inflight), cloud=None, grace_s=grace_s)

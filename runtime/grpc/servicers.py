@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 
 from edgekit import __version__
-from edgekit.errors import EdgekitError, InvalidInput
+from edgekit.errors import DeadlineExceeded, EdgekitError, InvalidInput, Overloaded
 from edgekit.runtime.dataplane import make_options
 from edgekit.runtime.grpc import decode_bytes_tensor, encode_bytes_tensor
 from edgekit.runtime.grpc import edgekit_pb2 as ek
@@ -301,7 +301,9 @@ def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     """End the RPC with the status ``exc`` maps to (``context.abort`` raises)."""
     if isinstance(exc, EdgekitError):
         code = getattr(grpc.StatusCode, exc.grpc_status, grpc.StatusCode.INTERNAL)
-        log.info("event=rpc_error method=%s code=%s error=%s", method, code.name, exc)
+        # refusals under load are counted in /metrics; a line each would flood the log when it matters
+        level = logging.DEBUG if isinstance(exc, (Overloaded, DeadlineExceeded)) else logging.INFO
+        log.log(level, "event=rpc_error method=%s code=%s error=%s", method, code.name, exc)
         context.abort(code, str(exc))
     if context.code() not in (None, grpc.StatusCode.OK):
         raise exc  # the servicer aborted with a status of its choosing
