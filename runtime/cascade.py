@@ -169,6 +169,14 @@ class Cascade:
         until = getattr(edge, "logits_until", None)
         self._edge_logits = until if until is not None else (lambda texts, deadline: edge.logits(texts))
 
+    def with_edge(self, edge: LogitModel) -> Cascade:
+        """A cascade for another edge model that shares this one's cloud, settings, circuit breaker
+        and cloud in-flight cap (a hot reload swaps the edge model, not the cloud's state)."""
+        other = Cascade(edge, self.cloud, self.settings, on_cloud=self._on_cloud)
+        other.breaker = self.breaker
+        other._inflight = self._inflight
+        return other
+
     def classify(
         self,
         texts: Sequence[str],

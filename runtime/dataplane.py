@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from edgekit.errors import CloudUnavailable, ConfigError, DeadlineExceeded, InvalidInput, Overloaded
+from edgekit.errors import CloudUnavailable, ConfigError, DeadlineExceeded, InvalidInput, ModelError, Overloaded
 from edgekit.runtime.batching import BatchedModel, BatchSettings
 from edgekit.runtime.cascade import Cascade, CascadeSettings, CircuitBreaker
 from edgekit.runtime.types import ClassifyOptions, LogitModel, ModelInfo, Prediction, Route
@@ -125,6 +125,11 @@ class _Metrics:
         self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # read once, not per request
         # The labelled children every request touches, resolved once: `labels()` validates and
         # hashes its arguments under a lock, and was a fifth of the request path's Python time.
+        self.use_backend(backend)
+
+    def use_backend(self, backend: str) -> None:
+        """Label what follows with ``backend`` (a hot reload may serve a bundle of another format)."""
+        self.backend = backend
         self._ok = self.requests.labels(backend, "ok")
         self._by_route = {
             route: (self.predictions.labels(route.value, backend), self.latency.labels(route.value, backend))
@@ -185,17 +190,26 @@ class DataPlane:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.limits = limits
-        self._model = model
         self._cloud = cloud
+        self._cascade_settings = cascade
+        self._batching = batching
         self._warmup_texts = tuple(warmup_texts)
         self._metrics = _Metrics(self.registry, model.info.backend)
-        self._batched = BatchedModel(model, batching, on_batch=self._metrics.batch_size.observe)
-        self._cascade = Cascade(self._batched, cloud, cascade, on_cloud=self._metrics.cloud_outcome)
-        self._metrics.watch(self._cascade.breaker)
+        self._current = self._generation(model, None)
+        self._metrics.watch(self._current.cascade.breaker)
         self._ready = threading.Event()
-        self._admission = threading.Lock()
+        self._admission = threading.Lock()  # guards _queued, _current and every generation's inflight
+        self._swap = threading.Lock()  # one model swap at a time
         self._queued = 0  # texts admitted and not yet answered
         self._metrics.watch_queue(lambda: self._queued)
+
+    def _generation(self, model: LogitModel, previous: Cascade | None) -> _Generation:
+        batched = BatchedModel(model, self._batching, on_batch=self._metrics.batch_size.observe)
+        if previous is None:
+            cascade = Cascade(batched, self._cloud, self._cascade_settings, on_cloud=self._metrics.cloud_outcome)
+        else:
+            cascade = previous.with_edge(batched)  # same cloud, breaker and in-flight cap
+        return _Generation(model, batched, cascade)
 
     @property
     def ready(self) -> bool:
@@ -208,14 +222,48 @@ class DataPlane:
         The first inference of a backend allocates and picks kernels; paying for it here
         keeps it off the first shopper's latency.
         """
+        model = self._current.model
         if self._warmup_texts:
-            self._model.logits(self._warmup_texts)
+            model.logits(self._warmup_texts)
         self._ready.set()
-        log.info("event=ready model=%s backend=%s", self._model.info.name, self._model.info.backend)
+        log.info("event=ready model=%s version=%s backend=%s", model.info.name, model.info.version, model.info.backend)
 
     def model_info(self) -> ModelInfo:
-        """The model's info, with the threshold this server actually applies."""
-        return dataclasses.replace(self._model.info, threshold=self._cascade.threshold)
+        """The served model's info, with the threshold this server actually applies."""
+        current = self._current
+        return dataclasses.replace(current.model.info, threshold=current.cascade.threshold)
+
+    def swap_model(self, model: LogitModel) -> ModelInfo:
+        """Serve ``model`` from now on, without dropping a request (hot reload).
+
+        The new model must answer the same labels; it is warmed up before the swap. Requests
+        already admitted finish on the old model, which is closed once the last of them is
+        answered; requests admitted after the swap run on the new one. If the new model is
+        refused (ModelError, with the reason), it is closed and the old one keeps serving.
+        """
+        with self._swap:
+            old = self._current
+            try:
+                _check_compatible(old.model.info, model.info)
+                if self._warmup_texts:
+                    try:
+                        model.logits(self._warmup_texts)
+                    except Exception as exc:
+                        raise ModelError(f"the new model failed its warm-up: {exc!r}") from exc
+            except BaseException:
+                model.close()
+                raise
+            new = self._generation(model, old.cascade)
+            with self._admission:
+                self._current = new
+                old.retired = True
+                idle = old.inflight == 0
+            self._metrics.use_backend(model.info.backend)
+            if idle:
+                old.close()
+        log.info("event=model_swapped model=%s version=%s previous_version=%s backend=%s",
+                 model.info.name, model.info.version, old.model.info.version, model.info.backend)
+        return self.model_info()
 
     def validate(self, texts: object) -> None:
         """Refuse what the limits do not allow, naming the offending text's index."""
@@ -245,19 +293,20 @@ class DataPlane:
         """Validate, then answer every text (see :mod:`edgekit.runtime.cascade` for the routing)."""
         try:
             self.validate(texts)
-            self._admit(len(texts))
+            generation = self._admit(len(texts))
             try:
-                predictions = self._cascade.classify(texts, options, time_remaining_s=time_remaining_s)
+                predictions = generation.cascade.classify(texts, options, time_remaining_s=time_remaining_s)
             finally:
-                self._release(len(texts))
+                self._release(len(texts), generation)
         except Exception as exc:
             self._metrics.request_failed(exc)
             raise
         self._metrics.request_done(predictions)
         return predictions
 
-    def _admit(self, n: int) -> None:
-        """Count ``n`` texts in, or refuse the request at once if the queue cannot take them."""
+    def _admit(self, n: int) -> _Generation:
+        """Count ``n`` texts in (on the model now served), or refuse the request at once if the
+        queue cannot take them."""
         with self._admission:
             if self._queued + n > self.limits.max_queue:
                 raise Overloaded(
@@ -265,16 +314,50 @@ class DataPlane:
                     "(--max-queue); retry with backoff"
                 )
             self._queued += n
+            generation = self._current
+            generation.inflight += 1
             self._metrics.queue_changed(self._queued)
+        return generation
 
-    def _release(self, n: int) -> None:
+    def _release(self, n: int, generation: _Generation) -> None:
         with self._admission:
             self._queued -= n
+            generation.inflight -= 1
+            last = generation.retired and generation.inflight == 0
             self._metrics.queue_changed(self._queued)
+        if last:  # the last request on a swapped-out model: nobody uses it any more
+            generation.close()
 
     def close(self) -> None:
-        """Finish queued batches, then close the cloud client and the model."""
-        self._batched.close()
+        """Finish queued batches, then close the model and the cloud client."""
+        self._current.close()
         if self._cloud is not None:
             self._cloud.close()
-        self._model.close()
+
+
+class _Generation:
+    """One model being served: the model, its batcher and cascade, and its requests in flight."""
+
+    __slots__ = ("batched", "cascade", "inflight", "model", "retired")
+
+    def __init__(self, model: LogitModel, batched: BatchedModel, cascade: Cascade) -> None:
+        self.model = model
+        self.batched = batched
+        self.cascade = cascade
+        self.inflight = 0  # requests admitted on it and not yet answered (DataPlane._admission)
+        self.retired = False  # swapped out: closed when inflight reaches 0
+
+    def close(self) -> None:
+        self.batched.close()
+        self.model.close()
+
+
+def _check_compatible(served: ModelInfo, new: ModelInfo) -> None:
+    """A hot-swapped model must answer the labels clients (and the cloud model) already use."""
+    if set(new.labels) != set(served.labels):
+        added = sorted(set(new.labels) - set(served.labels))
+        removed = sorted(set(served.labels) - set(new.labels))
+        raise ModelError(
+            f"the new model's labels differ from the served model's (added {added}, removed {removed}); "
+            "a different label set needs a restart"
+        )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field, replace
 from types import FrameType, TracebackType
@@ -39,11 +39,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, EdgekitError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.cloud import CloudClient
-    from edgekit.runtime.types import LogitModel
+    from edgekit.runtime.types import LogitModel, ModelInfo
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "EdgeServer", "ServerSettings", "build_server"]
 
@@ -71,14 +71,17 @@ class EdgeServer:
         metrics_port: int | None,
         reuse_port: bool = False,
         max_inflight_rpcs: int | None = None,
+        reloader: Callable[[], LogitModel] | None = None,
     ) -> None:
         self.dataplane = dataplane
+        self._reloader = reloader
         self.host = host
         self._metrics_port = metrics_port
         self._metrics_httpd: WSGIServer | None = None
         self._stop_lock = threading.Lock()
         self._stopping = False
         self._stopped = threading.Event()
+        self._reload_lock = threading.Lock()
         self._health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-health")
         self._health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self._health_pool)
         self._server = grpc.server(
@@ -177,19 +180,54 @@ class EdgeServer:
         log.info("event=stopped address=%s", self.address)
         self._stopped.set()
 
-    def install_signal_handlers(self, grace_s: float = 5.0) -> None:
-        """Stop gracefully on SIGTERM (what a supervisor sends) and SIGINT. Main thread only.
+    def reload(self) -> ModelInfo:
+        """Load the model again (the bundle path may now hold a new version) and swap it in
+        without dropping a request (:meth:`DataPlane.swap_model`).
 
-        The handler only starts a stopping thread: the main thread keeps waiting in
-        :meth:`wait`, which returns once in-flight requests have finished.
+        A bundle that cannot be served (unreadable, tampered: sha256 mismatch, other labels,
+        failing its warm-up) is refused: the reason is logged and raised, and the model
+        already served keeps serving.
+        """
+        if self._reloader is None:
+            raise ConfigError("this server was built without a way to reload its model (build_server(reloader=...))")
+        with self._reload_lock:
+            try:
+                info = self.dataplane.swap_model(self._reloader())
+            except EdgekitError as exc:
+                log.warning("event=reload_refused reason=%s", exc)
+                raise
+            except Exception as exc:  # a bug in a loader must not take the server down either
+                log.warning("event=reload_refused reason=%r", exc)
+                raise ModelError(f"the new model could not be loaded: {exc!r}") from exc
+        log.info("event=reloaded model=%s version=%s backend=%s", info.name, info.version, info.backend)
+        return info
+
+    def install_signal_handlers(self, grace_s: float = 5.0) -> None:
+        """Stop gracefully on SIGTERM (what a supervisor sends) and SIGINT; reload on SIGHUP.
+        Main thread only.
+
+        The handlers only start a thread: the main thread keeps waiting in :meth:`wait`, which
+        returns once in-flight requests have finished.
         """
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             log.info("event=signal signal=%s", signal.Signals(signum).name)
             threading.Thread(target=self.stop, args=(grace_s,), name="edgekit-stop").start()
 
+        def on_hangup(signum: int, frame: FrameType | None) -> None:
+            log.info("event=signal signal=SIGHUP action=reload")
+            threading.Thread(target=self._reload_quietly, name="edgekit-reload").start()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, on_signal)
+        if self._reloader is not None:
+            signal.signal(signal.SIGHUP, on_hangup)
+
+    def _reload_quietly(self) -> None:
+        try:
+            self.reload()
+        except EdgekitError:
+            pass  # logged by reload(); the old model keeps serving
 
     def _set_health(self, status: int) -> None:
         for service in ("", *SERVICE_NAMES):
@@ -222,8 +260,11 @@ class ServerSettings:
 
 
 def build_server(model: LogitModel, settings: ServerSettings | None = None, *, cloud: CloudClient | None = None,
-                 **overrides) -> EdgeServer:
+                 reloader: Callable[[], LogitModel] | None = None, **overrides) -> EdgeServer:
     """Serve ``model`` (falling back to ``cloud``); returns the started, ready server.
+
+    ``reloader`` loads the model anew (``edgekit serve`` re-reads its bundle path): with it,
+    SIGHUP and :meth:`EdgeServer.reload` swap in a new version without a restart.
 
     ``overrides`` are :class:`ServerSettings` fields (``build_server(model, port=0, batching=...)``);
     ``None`` values keep the default. The server takes ownership of ``model`` and ``cloud``:
@@ -236,7 +277,8 @@ def build_server(model: LogitModel, settings: ServerSettings | None = None, *, c
     try:
         server = EdgeServer(dataplane, host=settings.host, port=settings.port, max_workers=settings.max_workers,
                             max_message_bytes=settings.max_message_bytes, metrics_port=settings.metrics_port,
-                            reuse_port=settings.reuse_port, max_inflight_rpcs=settings.max_inflight_rpcs)
+                            reuse_port=settings.reuse_port, max_inflight_rpcs=settings.max_inflight_rpcs,
+                            reloader=reloader)
     except BaseException:
         dataplane.close()
         raise

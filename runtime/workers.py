@@ -101,8 +101,14 @@ def serve_workers(worker_argv: Callable[[int], list[str]], workers: int, *, host
         def on_signal(signum, frame) -> None:
             stopping.set()
 
+        def on_hangup(signum, frame) -> None:  # reload: every worker re-reads the bundle itself
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGHUP)
+
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
         while not stopping.is_set():
             if any(p.poll() is not None for p in procs):
                 log.error("event=worker_died pids=%s", [p.pid for p in procs if p.poll() is not None])

@@ -55,11 +55,13 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _serve(model: LogitModel, settings: ServerSettings, *, cloud: CloudClient | None, grace_s: float) -> None:
-    """Start the server (it owns model and cloud from here on), print the ready line, serve until a signal."""
+def _serve(model: LogitModel, settings: ServerSettings, *, cloud: CloudClient | None, grace_s: float,
+           reloader: Callable[[], LogitModel]) -> None:
+    """Start the server (it owns model and cloud from here on), print the ready line, serve until a signal
+    (SIGHUP: ``reloader`` loads the model again and the server swaps it in)."""
     from edgekit.runtime.server import build_server
 
-    server = build_server(model, settings, cloud=cloud)
+    server = build_server(model, settings, cloud=cloud, reloader=reloader)
     server.install_signal_handlers(grace_s)  # before the ready line: a script may SIGTERM right after it
     info = server.dataplane.model_info()
     click.echo(f"serving {info.name} ({info.format}/{info.precision}, backend {info.backend}) on {server.address}")
@@ -128,7 +130,11 @@ def command(
     max_queue: int,
     max_inflight: int,
 ) -> None:
-    """Serve an edge BUNDLE over gRPC (edgekit.v1 and KServe/Triton v2), falling back to a cloud model."""
+    """Serve an edge BUNDLE over gRPC (edgekit.v1 and KServe/Triton v2), falling back to a cloud model.
+
+    SIGHUP re-reads BUNDLE and swaps the new version in without dropping a request; a bundle that
+    fails its checksums, answers other labels or does not load is refused and the old one keeps serving.
+    """
     from edgekit.deps import require
 
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve")
@@ -163,7 +169,8 @@ def command(
     _serve(model, ServerSettings(host=host, port=port, cascade=cascade, batching=batching, limits=limits,
                                  metrics_port=metrics_port, max_workers=max_workers, max_inflight_rpcs=max_inflight,
                                  reuse_port=os.environ.get(REUSE_PORT_ENV) == "1"),
-           cloud=cloud, grace_s=grace_s)
+           cloud=cloud, grace_s=grace_s,
+           reloader=lambda: load_bundle_model(bundle, backend=backend, threads=threads))
 
 
 def _serve_workers(ctx: click.Context, workers: int) -> None:
@@ -219,4 +226,5 @@ def cloud_command(
     limits = Limits(max_queue=max_queue)  # checked before the model loads
     model = load_torch_model(model_dir, device=device)
     _serve(model, ServerSettings(host=host, port=port, batching=batching, limits=limits, metrics_port=metrics_port,
-                                 max_workers=max_workers, max_inflight_rpcs=max_inflight), cloud=None, grace_s=grace_s)
+                                 max_workers=max_workers, max_inflight_rpcs=max_inflight), cloud=None, grace_s=grace_s,
+           reloader=lambda: load_torch_model(model_dir, device=device))
