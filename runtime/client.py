@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -19,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edgekit.errors import EdgekitError, InvalidInput
 from edgekit.runtime.grpc import edgekit_pb2 as ek
 from edgekit.runtime.grpc import edgekit_pb2_grpc as ek_grpc
+from edgekit.runtime.security import bearer_metadata, channel_credentials
 from edgekit.runtime.types import ModelInfo, Prediction, Route
 
 __all__ = ["EdgeClient"]
@@ -27,17 +29,34 @@ __all__ = ["EdgeClient"]
 class EdgeClient:
     """``with EdgeClient("127.0.0.1:50051") as client: client.classify(["where is my parcel?"])``"""
 
-    def __init__(self, target: str, *, timeout_s: float = 5.0, max_message_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 5.0,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        token: str | None = None,
+        tls: bool = False,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
+        """``token``: sent as ``authorization: Bearer <token>``. ``tls`` (implied by any ``tls_*``):
+        verify the server against ``tls_ca`` (default: the system's roots); ``tls_cert`` and
+        ``tls_key``: this client's certificate for mutual TLS."""
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        self._metadata = bearer_metadata(token)
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if tls or tls_ca is not None or tls_cert is not None or tls_key is not None:
+            self._channel = grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = ek_grpc.EdgeClassifierStub(self._channel)
+        self._admin = ek_grpc.EdgeAdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def classify(
@@ -62,25 +81,18 @@ class EdgeClient:
         """Classify batches over one long-lived stream (no deadline): one list per batch, in order."""
         requests = (_request(texts, top_k, allow_cloud, threshold) for texts in batches)
         try:
-            for response in self._stub.ClassifyStream(requests):
+            for response in self._stub.ClassifyStream(requests, metadata=self._metadata):
                 yield [_prediction(p) for p in response.predictions]
         except grpc.RpcError as exc:
             raise _error(self.target, exc) from exc
 
     def model_info(self) -> ModelInfo:
-        r = self._call(self._stub.GetModelInfo, ek.GetModelInfoRequest())
-        return ModelInfo(
-            name=r.name,
-            version=r.version,
-            format=r.format,
-            precision=r.precision,
-            backend=r.backend,
-            labels=tuple(r.labels),
-            max_length=r.max_length,
-            temperature=r.temperature,
-            threshold=r.threshold,
-            summary=json.loads(r.summary_json) if r.summary_json else {},
-        )
+        return _model_info(self._call(self._stub.GetModelInfo, ek.GetModelInfoRequest()))
+
+    def reload(self) -> ModelInfo:
+        """Ask the server to re-read its bundle and swap it in (needs the server's token); the model now served."""
+        return _model_info(self._call(self._admin.Reload, ek.ReloadRequest()))
+
 
     def health(self, service: str = "") -> str:
         """The server's health status name: SERVING, NOT_SERVING, ... ("" asks about the whole server)."""
@@ -100,7 +112,7 @@ class EdgeClient:
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout_s)
+            return method(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _error(self.target, exc) from exc
 
@@ -112,6 +124,21 @@ def _request(texts: Sequence[str], top_k: int, allow_cloud: bool, threshold: flo
     if threshold is not None:
         request.threshold = threshold
     return request
+
+
+def _model_info(r: ek.ModelInfoResponse) -> ModelInfo:
+    return ModelInfo(
+        name=r.name,
+        version=r.version,
+        format=r.format,
+        precision=r.precision,
+        backend=r.backend,
+        labels=tuple(r.labels),
+        max_length=r.max_length,
+        temperature=r.temperature,
+        threshold=r.threshold,
+        summary=json.loads(r.summary_json) if r.summary_json else {},
+    )
 
 
 def _prediction(p: ek.Prediction) -> Prediction:

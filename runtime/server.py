@@ -31,10 +31,12 @@ from edgekit.runtime.dataplane import WARMUP_TEXTS, DataPlane, Limits
 from edgekit.runtime.grpc import edgekit_pb2_grpc, grpc_predict_v2_pb2_grpc
 from edgekit.runtime.grpc.servicers import (
     SERVICE_NAMES,
+    AdminServicer,
     EdgeClassifierServicer,
     ErrorInterceptor,
     InferenceServicer,
 )
+from edgekit.runtime.security import AuthInterceptor, Security
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -72,7 +74,11 @@ class EdgeServer:
         reuse_port: bool = False,
         max_inflight_rpcs: int | None = None,
         reloader: Callable[[], LogitModel] | None = None,
+        security: Security = Security(),
     ) -> None:
+        security.check(host)  # before anything starts: a refused address leaves nothing behind
+        credentials = security.server_credentials()
+        self._tokens = security.tokens()
         self.dataplane = dataplane
         self._reloader = reloader
         self.host = host
@@ -86,7 +92,10 @@ class EdgeServer:
         self._health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self._health_pool)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edgekit-grpc"),
-            interceptors=[ErrorInterceptor()],
+            interceptors=[
+                *([AuthInterceptor(self._tokens, health_open=security.health_open)] if self._tokens else []),
+                ErrorInterceptor(),
+            ],
             # RPCs running or waiting for a worker thread; beyond, gRPC answers RESOURCE_EXHAUSTED
             # itself ("Concurrent RPC limit exceeded") instead of queueing them without bound
             maximum_concurrent_rpcs=max_inflight_rpcs,
@@ -100,13 +109,20 @@ class EdgeServer:
         )
         edgekit_pb2_grpc.add_EdgeClassifierServicer_to_server(EdgeClassifierServicer(dataplane), self._server)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), self._server)
+        edgekit_pb2_grpc.add_EdgeAdminServicer_to_server(
+            AdminServicer(self.reload, enabled=self._tokens is not None), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            self.port = self._server.add_insecure_port(_hostport(host, port))
+            address = _hostport(host, port)
+            if credentials is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                self.port = self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {_hostport(host, port)}: {exc}").with_hint(
                 "is another server using the port?"
@@ -191,6 +207,11 @@ class EdgeServer:
         if self._reloader is None:
             raise ConfigError("this server was built without a way to reload its model (build_server(reloader=...))")
         with self._reload_lock:
+            if self._tokens is not None:
+                try:
+                    self._tokens.reload()
+                except EdgekitError as exc:  # keep the tokens in force; the model reload goes on
+                    log.warning("event=token_reload_refused reason=%s", exc)
             try:
                 info = self.dataplane.swap_model(self._reloader())
             except EdgekitError as exc:
@@ -257,6 +278,7 @@ class ServerSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     warmup_texts: Sequence[str] = WARMUP_TEXTS
     reuse_port: bool = False  # SO_REUSEPORT: set for the processes of `serve --workers N` only
+    security: Security = field(default_factory=Security)  # TLS, mutual TLS, bearer tokens
 
 
 def build_server(model: LogitModel, settings: ServerSettings | None = None, *, cloud: CloudClient | None = None,
@@ -278,7 +300,7 @@ def build_server(model: LogitModel, settings: ServerSettings | None = None, *, c
         server = EdgeServer(dataplane, host=settings.host, port=settings.port, max_workers=settings.max_workers,
                             max_message_bytes=settings.max_message_bytes, metrics_port=settings.metrics_port,
                             reuse_port=settings.reuse_port, max_inflight_rpcs=settings.max_inflight_rpcs,
-                            reloader=reloader)
+                            reloader=reloader, security=settings.security)
     except BaseException:
         dataplane.close()
         raise

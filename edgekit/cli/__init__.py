@@ -25,6 +25,7 @@ _COMMANDS = {
     "demo": "demo:command",
     "finetune": "finetune:command",
     "predict": "predict:command",
+    "reload": "reload:command",
     "serve": "serve:command",
     "serve-cloud": "serve:cloud_command",
 }

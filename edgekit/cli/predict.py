@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from edgekit.cli._options import client_options, client_security
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.types import Prediction
@@ -32,10 +34,11 @@ _TEXT_WIDTH = 48
 @click.option("--no-cloud", is_flag=True, help="Answer at the edge only, however unsure.")
 @click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Deadline of the request.")
+@client_options
 @click.argument("texts", nargs=-1, required=True)
 def command(
     target: str, as_json: bool, threshold: float | None, top_k: int, no_cloud: bool, timeout_s: float,
-    texts: tuple[str, ...],
+    texts: tuple[str, ...], **security: Any,
 ) -> None:
     """Classify TEXT... on a running server and show who answered (EDGE, CLOUD, EDGE_CLOUD_FAILED)."""
     from edgekit.deps import require
@@ -43,7 +46,7 @@ def command(
     require("grpc", "grpc_health", extra="runtime", what="edgekit predict")
     from edgekit.runtime.client import EdgeClient
 
-    with EdgeClient(target, timeout_s=timeout_s) as client:
+    with EdgeClient(target, timeout_s=timeout_s, **client_security(**security)) as client:
         predictions = client.classify(list(texts), top_k=top_k, allow_cloud=not no_cloud, threshold=threshold)
     if as_json:
         for text, p in zip(texts, predictions):

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["cloud_command", "command"]
 
 _RUNTIME_MODULES = ("grpc", "grpc_health", "grpc_reflection", "prometheus_client")
+_FILE = click.Path(dir_okay=False, path_type=Path)  # existence and permissions: checked by runtime.security
 
 
 def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -49,6 +50,18 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-inflight", type=click.IntRange(min=1), default=128, show_default=True,
                      help="RPCs running or waiting for a worker thread (open streams included); beyond, gRPC "
                           "refuses new calls with RESOURCE_EXHAUSTED."),
+        click.option("--tls-cert", type=_FILE, default=None, help="TLS certificate chain (PEM); needs --tls-key."),
+        click.option("--tls-key", type=_FILE, default=None, help="TLS private key (PEM) of --tls-cert."),
+        click.option("--tls-client-ca", type=_FILE, default=None,
+                     help="Mutual TLS: accept only clients whose certificate this CA (PEM) signed."),
+        click.option("--auth-token-file", type=_FILE, default=None,
+                     help="Bearer tokens, one per line (chmod 600): clients must send the gRPC metadata "
+                          "'authorization: Bearer <token>', else UNAUTHENTICATED. Re-read on reload; turns "
+                          "on the admin API (edgekit reload)."),
+        click.option("--health-open", is_flag=True, default=False,
+                     help="Let the gRPC health service answer without a token (for probes that cannot send one)."),
+        click.option("--insecure", is_flag=True, default=False,
+                     help="Allow plaintext on an address other than loopback (a trusted network only)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -68,6 +81,19 @@ def _serve(model: LogitModel, settings: ServerSettings, *, cloud: CloudClient | 
     if server.metrics_port is not None:
         click.echo(f"metrics on http://{settings.host}:{server.metrics_port}/metrics")
     server.wait()
+
+
+def _security(host: str, tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
+              token_file: Path | None, health_open: bool, insecure: bool):
+    """The server's Security from its options, checked now (files read, combinations and address)."""
+    from edgekit.runtime.security import Security
+
+    security = Security(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, token_file=token_file,
+                        health_open=health_open, insecure=insecure)
+    security.check(host)
+    security.tokens()  # the token file exists, is private and holds a token
+    security.server_credentials()  # the PEM files are readable
+    return security
 
 
 def _cloud_client(target: str | None, protocol: str, model_name: str | None) -> CloudClient | None:
@@ -129,6 +155,12 @@ def command(
     max_workers: int,
     max_queue: int,
     max_inflight: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    auth_token_file: Path | None,
+    health_open: bool,
+    insecure: bool,
 ) -> None:
     """Serve an edge BUNDLE over gRPC (edgekit.v1 and KServe/Triton v2), falling back to a cloud model.
 
@@ -140,7 +172,8 @@ def command(
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve")
     from edgekit.runtime.dataplane import Limits
 
-    limits = Limits(max_queue=max_queue)  # a bad value fails here, once, also before --workers start
+    limits = Limits(max_queue=max_queue)  # bad values fail here, once, also before --workers start
+    security = _security(host, tls_cert, tls_key, tls_client_ca, auth_token_file, health_open, insecure)
     if workers > 1:
         checked = _cloud_client(cloud_target, cloud_protocol, cloud_model)  # bad option pairs fail here, once
         if checked is not None:
@@ -168,7 +201,7 @@ def command(
 
     _serve(model, ServerSettings(host=host, port=port, cascade=cascade, batching=batching, limits=limits,
                                  metrics_port=metrics_port, max_workers=max_workers, max_inflight_rpcs=max_inflight,
-                                 reuse_port=os.environ.get(REUSE_PORT_ENV) == "1"),
+                                 reuse_port=os.environ.get(REUSE_PORT_ENV) == "1", security=security),
            cloud=cloud, grace_s=grace_s,
            reloader=lambda: load_bundle_model(bundle, backend=backend, threads=threads))
 
@@ -185,8 +218,9 @@ def _serve_workers(ctx: click.Context, workers: int) -> None:
     flags = {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option)}
     argv = [sys.executable, "-m", "edgekit", "serve", str(params["bundle"]), "--threads", str(threads)]
     for name, value in params.items():
-        if name not in skip and value is not None:
-            argv += [flags[name], str(value)]
+        if name in skip or value is None or value is False:
+            continue
+        argv += [flags[name]] if value is True else [flags[name], str(value)]
     params_port = params["port"]
     code = serve_workers(lambda port: [*argv, "--port", str(port)], workers, host=params["host"], port=params_port,
                          metrics_port=params["metrics_port"], grace_s=params["grace_s"], echo=click.echo)
@@ -211,6 +245,12 @@ def cloud_command(
     max_workers: int,
     max_queue: int,
     max_inflight: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    auth_token_file: Path | None,
+    health_open: bool,
+    insecure: bool,
 ) -> None:
     """Serve the fine-tuned torch model in MODEL_DIR as the cloud model (it answers every text itself)."""
     from edgekit.deps import require
@@ -224,7 +264,9 @@ def cloud_command(
 
     batching = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
     limits = Limits(max_queue=max_queue)  # checked before the model loads
+    security = _security(host, tls_cert, tls_key, tls_client_ca, auth_token_file, health_open, insecure)
     model = load_torch_model(model_dir, device=device)
     _serve(model, ServerSettings(host=host, port=port, batching=batching, limits=limits, metrics_port=metrics_port,
-                                 max_workers=max_workers, max_inflight_rpcs=max_inflight), cloud=None, grace_s=grace_s,
+                                 max_workers=max_workers, max_inflight_rpcs=max_inflight, security=security),
+           cloud=None, grace_s=grace_s,
            reloader=lambda: load_torch_model(model_dir, device=device))

@@ -24,27 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"edgekit/runtime/grpc/edgekit.proto\x12\nedgekit.v1\"\x93\x01\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x18\n\x0b\x61llow_cloud\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x0e\n\x0c_allow_cloudB\x0c\n\n_threshold\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xc6\x01\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12%\n\x05top_k\x18\x03 \x03(\x0b\x32\x16.edgekit.v1.LabelScore\x12 \n\x05route\x18\x04 \x01(\x0e\x32\x11.edgekit.v1.Route\x12\x12\n\nedge_score\x18\x05 \x01(\x02\x12\x12\n\nlatency_ms\x18\x06 \x01(\x02\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"S\n\x10\x43lassifyResponse\x12+\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x16.edgekit.v1.Prediction\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xc8\x01\n\x11ModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x12\n\nmax_length\x18\x07 \x01(\r\x12\x13\n\x0btemperature\x18\x08 \x01(\x01\x12\x11\n\tthreshold\x18\t \x01(\x01\x12\x14\n\x0csummary_json\x18\n \x01(\t*\\\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0e\n\nROUTE_EDGE\x10\x01\x12\x0f\n\x0bROUTE_CLOUD\x10\x02\x12\x1b\n\x17ROUTE_EDGE_CLOUD_FAILED\x10\x03\x32\xf8\x01\n\x0e\x45\x64geClassifier\x12\x45\n\x08\x43lassify\x12\x1b.edgekit.v1.ClassifyRequest\x1a\x1c.edgekit.v1.ClassifyResponse\x12O\n\x0e\x43lassifyStream\x12\x1b.edgekit.v1.ClassifyRequest\x1a\x1c.edgekit.v1.ClassifyResponse(\x01\x30\x01\x12N\n\x0cGetModelInfo\x12\x1f.edgekit.v1.GetModelInfoRequest\x1a\x1d.edgekit.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"edgekit/runtime/grpc/edgekit.proto\x12\nedgekit.v1\"\x0f\n\rReloadRequest\"\x93\x01\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x18\n\x0b\x61llow_cloud\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x0e\n\x0c_allow_cloudB\x0c\n\n_threshold\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xc6\x01\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12%\n\x05top_k\x18\x03 \x03(\x0b\x32\x16.edgekit.v1.LabelScore\x12 \n\x05route\x18\x04 \x01(\x0e\x32\x11.edgekit.v1.Route\x12\x12\n\nedge_score\x18\x05 \x01(\x02\x12\x12\n\nlatency_ms\x18\x06 \x01(\x02\x12\x12\n\nmodel_name\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"S\n\x10\x43lassifyResponse\x12+\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x16.edgekit.v1.Prediction\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xc8\x01\n\x11ModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x12\n\nmax_length\x18\x07 \x01(\r\x12\x13\n\x0btemperature\x18\x08 \x01(\x01\x12\x11\n\tthreshold\x18\t \x01(\x01\x12\x14\n\x0csummary_json\x18\n \x01(\t*\\\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0e\n\nROUTE_EDGE\x10\x01\x12\x0f\n\x0bROUTE_CLOUD\x10\x02\x12\x1b\n\x17ROUTE_EDGE_CLOUD_FAILED\x10\x03\x32\xf8\x01\n\x0e\x45\x64geClassifier\x12\x45\n\x08\x43lassify\x12\x1b.edgekit.v1.ClassifyRequest\x1a\x1c.edgekit.v1.ClassifyResponse\x12O\n\x0e\x43lassifyStream\x12\x1b.edgekit.v1.ClassifyRequest\x1a\x1c.edgekit.v1.ClassifyResponse(\x01\x30\x01\x12N\n\x0cGetModelInfo\x12\x1f.edgekit.v1.GetModelInfoRequest\x1a\x1d.edgekit.v1.ModelInfoResponse2O\n\tEdgeAdmin\x12\x42\n\x06Reload\x12\x19.edgekit.v1.ReloadRequest\x1a\x1d.edgekit.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgekit.runtime.grpc.edgekit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTE']._serialized_start=756
-  _globals['_ROUTE']._serialized_end=848
-  _globals['_CLASSIFYREQUEST']._serialized_start=51
-  _globals['_CLASSIFYREQUEST']._serialized_end=198
-  _globals['_LABELSCORE']._serialized_start=200
-  _globals['_LABELSCORE']._serialized_end=242
-  _globals['_PREDICTION']._serialized_start=245
-  _globals['_PREDICTION']._serialized_end=443
-  _globals['_CLASSIFYRESPONSE']._serialized_start=445
-  _globals['_CLASSIFYRESPONSE']._serialized_end=528
-  _globals['_GETMODELINFOREQUEST']._serialized_start=530
-  _globals['_GETMODELINFOREQUEST']._serialized_end=551
-  _globals['_MODELINFORESPONSE']._serialized_start=554
-  _globals['_MODELINFORESPONSE']._serialized_end=754
-  _globals['_EDGECLASSIFIER']._serialized_start=851
-  _globals['_EDGECLASSIFIER']._serialized_end=1099
+  _globals['_ROUTE']._serialized_start=773
+  _globals['_ROUTE']._serialized_end=865
+  _globals['_RELOADREQUEST']._serialized_start=50
+  _globals['_RELOADREQUEST']._serialized_end=65
+  _globals['_CLASSIFYREQUEST']._serialized_start=68
+  _globals['_CLASSIFYREQUEST']._serialized_end=215
+  _globals['_LABELSCORE']._serialized_start=217
+  _globals['_LABELSCORE']._serialized_end=259
+  _globals['_PREDICTION']._serialized_start=262
+  _globals['_PREDICTION']._serialized_end=460
+  _globals['_CLASSIFYRESPONSE']._serialized_start=462
+  _globals['_CLASSIFYRESPONSE']._serialized_end=545
+  _globals['_GETMODELINFOREQUEST']._serialized_start=547
+  _globals['_GETMODELINFOREQUEST']._serialized_end=568
+  _globals['_MODELINFORESPONSE']._serialized_start=571
+  _globals['_MODELINFORESPONSE']._serialized_end=771
+  _globals['_EDGECLASSIFIER']._serialized_start=868
+  _globals['_EDGECLASSIFIER']._serialized_end=1116
+  _globals['_EDGEADMIN']._serialized_start=1118
+  _globals['_EDGEADMIN']._serialized_end=1197
 # @@protoc_insertion_point(module_scope)

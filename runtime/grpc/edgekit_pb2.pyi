@@ -18,6 +18,10 @@ ROUTE_EDGE: Route
 ROUTE_CLOUD: Route
 ROUTE_EDGE_CLOUD_FAILED: Route
 
+class ReloadRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ClassifyRequest(_message.Message):
     __slots__ = ("texts", "top_k", "allow_cloud", "threshold", "request_id")
     TEXTS_FIELD_NUMBER: _ClassVar[int]

@@ -186,3 +186,85 @@ class EdgeClassifier:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class EdgeAdminStub:
+    """Administration of a running server. Every call needs the server's bearer token
+    (`edgekit serve --auth-token-file`); a server started without one refuses them all.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Reload = channel.unary_unary(
+                '/edgekit.v1.EdgeAdmin/Reload',
+                request_serializer=edgekit_dot_runtime_dot_grpc_dot_edgekit__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=edgekit_dot_runtime_dot_grpc_dot_edgekit__pb2.ModelInfoResponse.FromString,
+                _registered_method=True)
+
+
+class EdgeAdminServicer:
+    """Administration of a running server. Every call needs the server's bearer token
+    (`edgekit serve --auth-token-file`); a server started without one refuses them all.
+    """
+
+    def Reload(self, request, context):
+        """Re-read the bundle path the server was started with and swap the new version in without
+        dropping a request (as SIGHUP does). Answers the model now served; a bundle that cannot be
+        served (tampered, other labels, fails to load) is refused with FAILED_PRECONDITION and the
+        reason, and the old one keeps serving.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EdgeAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=edgekit_dot_runtime_dot_grpc_dot_edgekit__pb2.ReloadRequest.FromString,
+                    response_serializer=edgekit_dot_runtime_dot_grpc_dot_edgekit__pb2.ModelInfoResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'edgekit.v1.EdgeAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('edgekit.v1.EdgeAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class EdgeAdmin:
+    """Administration of a running server. Every call needs the server's bearer token
+    (`edgekit serve --auth-token-file`); a server started without one refuses them all.
+    """
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgekit.v1.EdgeAdmin/Reload',
+            edgekit_dot_runtime_dot_grpc_dot_edgekit__pb2.ReloadRequest.SerializeToString,
+            edgekit_dot_runtime_dot_grpc_dot_edgekit__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -41,13 +41,14 @@ from edgekit.runtime.types import ModelInfo, Prediction, Route
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.dataplane import DataPlane
 
-__all__ = ["EdgeClassifierServicer", "ErrorInterceptor", "InferenceServicer", "SERVICE_NAMES"]
+__all__ = ["AdminServicer", "EdgeClassifierServicer", "ErrorInterceptor", "InferenceServicer", "SERVICE_NAMES"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
     ek.DESCRIPTOR.services_by_name["EdgeClassifier"].full_name,
     v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    ek.DESCRIPTOR.services_by_name["EdgeAdmin"].full_name,
 )
 
 _ROUTE_TO_PB = {Route.EDGE: ek.ROUTE_EDGE, Route.CLOUD: ek.ROUTE_CLOUD, Route.EDGE_CLOUD_FAILED: ek.ROUTE_EDGE_CLOUD_FAILED}
@@ -69,19 +70,7 @@ class EdgeClassifierServicer(ek_grpc.EdgeClassifierServicer):
             yield self._classify(request, context)
 
     def GetModelInfo(self, request: ek.GetModelInfoRequest, context: grpc.ServicerContext) -> ek.ModelInfoResponse:
-        info = self._dataplane.model_info()
-        return ek.ModelInfoResponse(
-            name=info.name,
-            version=info.version,
-            format=info.format,
-            precision=info.precision,
-            backend=info.backend,
-            labels=list(info.labels),
-            max_length=info.max_length,
-            temperature=info.temperature,
-            threshold=info.threshold,
-            summary_json=json.dumps(info.summary, sort_keys=True),
-        )
+        return _model_info_pb(self._dataplane.model_info())
 
     def _classify(self, request: ek.ClassifyRequest, context: grpc.ServicerContext) -> ek.ClassifyResponse:
         options = make_options(
@@ -93,6 +82,35 @@ class EdgeClassifierServicer(ek_grpc.EdgeClassifierServicer):
             list(request.texts), options, time_remaining_s=context.time_remaining()
         )
         return ek.ClassifyResponse(predictions=[_prediction_pb(p) for p in predictions], request_id=request.request_id)
+
+
+class AdminServicer(ek_grpc.EdgeAdminServicer):
+    """edgekit.v1.EdgeAdmin: on only when the server checks bearer tokens (AuthInterceptor)."""
+
+    def __init__(self, reload: Callable[[], ModelInfo], *, enabled: bool) -> None:
+        self._reload = reload
+        self._enabled = enabled
+
+    def Reload(self, request: ek.ReloadRequest, context: grpc.ServicerContext) -> ek.ModelInfoResponse:
+        if not self._enabled:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "the admin API is off: start the server with --auth-token-file (or reload it with SIGHUP)")
+        return _model_info_pb(self._reload())
+
+
+def _model_info_pb(info: ModelInfo) -> ek.ModelInfoResponse:
+    return ek.ModelInfoResponse(
+        name=info.name,
+        version=info.version,
+        format=info.format,
+        precision=info.precision,
+        backend=info.backend,
+        labels=list(info.labels),
+        max_length=info.max_length,
+        temperature=info.temperature,
+        threshold=info.threshold,
+        summary_json=json.dumps(info.summary, sort_keys=True),
+    )
 
 
 def _prediction_pb(p: Prediction) -> ek.Prediction:
