@@ -66,7 +66,14 @@ def fit_probe(features: np.ndarray, y: np.ndarray, num_labels: int, *, l2: float
     compromise); accuracy is unchanged by it.
     """
     x = torch.from_numpy(np.asarray(features, np.float32))
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    # Centre each feature, but scale all of them by ONE number: per-feature standardisation
+    # divides by each feature's own spread, and pooled sentence embeddings have near-constant
+    # ("rogue") dimensions whose weight then comes back multiplied by 1/std. The head still
+    # computes the same logits in fp32, but a weight of 3e4 among weights of 0.5 leaves nothing
+    # for int8 per-tensor quantization to represent (every quantized model of such a head
+    # answered one constant label). With one scale the L2 penalty bounds every raw weight alike.
+    mean = x.mean(0)
+    std = (x - mean).std().clamp(min=1e-6)
     xs = (x - mean) / std
     target = torch.from_numpy(np.asarray(y, np.int64))
     w = torch.zeros(num_labels, x.shape[1], requires_grad=True)
