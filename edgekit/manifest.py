@@ -115,6 +115,8 @@ class Manifest:
             raise ManifestError("manifest names no model file")
         if self.max_length < 2:
             raise ManifestError(f"manifest max_length must be at least 2, got {self.max_length}")
+        for name in (*self.model_files, self.tokenizer_file, *self.files):
+            _check_relative(name)
 
     # -- serialisation -------------------------------------------------------------------
 
@@ -163,9 +165,19 @@ class Manifest:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
         return path
 
+    def check_paths(self, bundle_dir: str | os.PathLike[str]) -> None:
+        """Raise ManifestError if a file the manifest names resolves outside ``bundle_dir``
+        (a symlink out of the bundle: a tampered bundle must not make the server read elsewhere)."""
+        root = Path(bundle_dir).resolve()
+        for name in (*self.model_files, self.tokenizer_file, *self.files):
+            if not (Path(bundle_dir) / name).resolve().is_relative_to(root):
+                raise ManifestError(f"{bundle_dir}: {name} resolves outside the bundle directory; refusing it")
+
     def verify(self, bundle_dir: str | os.PathLike[str]) -> None:
-        """Raise ManifestError unless every recorded file exists with its recorded sha256."""
+        """Raise ManifestError unless every recorded file exists with its recorded sha256 (and
+        inside the bundle)."""
         bundle_dir = Path(bundle_dir)
+        self.check_paths(bundle_dir)
         needed = {*self.model_files, self.tokenizer_file}
         missing_record = sorted(needed - set(self.files))
         if missing_record:
@@ -195,3 +207,12 @@ class Manifest:
             "metrics": {k: v for k, v in self.metrics.items() if not isinstance(v, (dict, list))},
             "target": self.target,
         }
+
+
+def _check_relative(name: object) -> None:
+    """A file name in a manifest: a relative path inside the bundle (no absolute path, no ``..``)."""
+    if not isinstance(name, str) or not name:
+        raise ManifestError(f"manifest file name {name!r} is not a non-empty string")
+    path = Path(name)
+    if path.is_absolute() or name.startswith(("/", "\\")) or ".." in path.parts or "\\" in name:
+        raise ManifestError(f"manifest file name {name!r} must be a relative path inside the bundle")

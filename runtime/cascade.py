@@ -165,6 +165,7 @@ class Cascade:
         self._inflight = threading.BoundedSemaphore(settings.max_cloud_inflight)
         self._on_cloud = on_cloud
         self._who = f"model {info.name!r}"  # formatted once: it is only read when a check fails
+        self._labels = frozenset(info.labels)  # a cloud answer outside them is garbage, not an answer
         # a batched edge model drops a request whose deadline passes while it queues; a plain one runs it
         until = getattr(edge, "logits_until", None)
         self._edge_logits = until if until is not None else (lambda texts, deadline: edge.logits(texts))
@@ -253,7 +254,7 @@ class Cascade:
                 return self._give_up("breaker_open", paused)
             begin = time.perf_counter()
             try:
-                answers = _call(cloud, texts, timeout_s)
+                answers = _call(cloud, texts, timeout_s, self._labels)
             except CloudUnavailable as exc:
                 self.breaker.failure()
                 elapsed_s = time.perf_counter() - begin
@@ -293,8 +294,9 @@ def _top_k(
             for i, row in enumerate(order.tolist())]
 
 
-def _call(cloud: CloudClient, texts: list[str], timeout_s: float) -> list[tuple[str, float]]:
-    """One cloud call; whatever goes wrong (even a client bug) is a CloudUnavailable to degrade from."""
+def _call(cloud: CloudClient, texts: list[str], timeout_s: float, labels: frozenset[str]) -> list[tuple[str, float]]:
+    """One cloud call; whatever goes wrong (even a client bug, or an answer that is not one of
+    this bundle's labels with a probability) is a CloudUnavailable to degrade from."""
     try:
         answers = cloud.classify(texts, timeout_s)
     except CloudUnavailable:
@@ -303,4 +305,9 @@ def _call(cloud: CloudClient, texts: list[str], timeout_s: float) -> list[tuple[
         raise CloudUnavailable(f"the cloud client raised {exc!r}") from exc
     if len(answers) != len(texts):
         raise CloudUnavailable(f"the cloud model answered {len(answers)} of {len(texts)} texts")
+    for label, score in answers:
+        if label not in labels:
+            raise CloudUnavailable(f"the cloud model answered {label!r}, which is not one of this bundle's labels")
+        if not (isinstance(score, float) and 0.0 <= score <= 1.0):  # NaN fails both comparisons
+            raise CloudUnavailable(f"the cloud model answered a score of {score!r} for {label!r}; expected a probability")
     return answers

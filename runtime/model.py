@@ -26,6 +26,7 @@ class BundleModel:
     def __init__(self, bundle_dir: Path, manifest: Manifest, backend: str = "auto", *, threads: int | None = None) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
+        manifest.check_paths(self.bundle_dir)  # also when the checksums are not verified
         self.backend_name = resolve_backend(manifest, backend)
         self.tokenizer = TextTokenizer(self.bundle_dir / manifest.tokenizer_file, manifest.max_length)
         self.backend = load_backend(self.bundle_dir, manifest, self.backend_name, threads=threads)

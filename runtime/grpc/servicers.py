@@ -287,7 +287,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith(self._prefixes):
             return handler
-        io = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+        io = {"request_deserializer": _tolerant(handler.request_deserializer),
+              "response_serializer": handler.response_serializer}
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(_guard_unary(handler.unary_unary, method), **io)
         if handler.stream_stream:
@@ -295,10 +296,40 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         return handler  # edgekit's services have no other kind of method
 
 
+class _Malformed:
+    """Stands for a request message that did not parse; the guard answers it INVALID_ARGUMENT."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that returns :class:`_Malformed` instead of raising: grpcio would answer a
+    parse error INTERNAL ("Exception deserializing request!"), but bad bytes are the client's fault."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything a parser raises
+            return _Malformed(f"malformed request message ({len(data)} bytes): {exc}")
+
+    return parse
+
+
+def _well_formed(request: Any) -> Any:
+    if isinstance(request, _Malformed):
+        raise InvalidInput(request.reason)
+    return request
+
+
 def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return behavior(request, context)
+            return behavior(_well_formed(request), context)
         except Exception as exc:
             _abort(context, exc, method)
 
@@ -306,9 +337,9 @@ def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any
 
 
 def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Iterator[Any]]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from behavior(request, context)
+            yield from behavior((_well_formed(r) for r in requests), context)
         except Exception as exc:
             _abort(context, exc, method)
 
