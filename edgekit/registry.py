@@ -154,9 +154,10 @@ class CloudProtocolSpec:
     needs_model_name: bool = False  # the server hosts several models: --cloud-model NAME picks one
     aliases: tuple[str, ...] = ()
 
-    def make_client(self, target: str, model_name: str | None):
+    def make_client(self, target: str, model_name: str | None, **security):
+        """The client; ``security``: ``credentials`` (grpc channel credentials) and ``token`` (bearer)."""
         cls = resolve_attr(self.client)
-        return cls(target, model_name) if self.needs_model_name else cls(target)
+        return cls(target, model_name, **security) if self.needs_model_name else cls(target, **security)
 
 
 FORMATS: Registry[FormatSpec] = Registry("export format")

@@ -29,6 +29,7 @@ from edgekit.runtime.grpc import edgekit_pb2 as ek
 from edgekit.runtime.grpc import edgekit_pb2_grpc as ek_grpc
 from edgekit.runtime.grpc import grpc_predict_v2_pb2 as v2
 from edgekit.runtime.grpc import grpc_predict_v2_pb2_grpc as v2_grpc
+from edgekit.runtime.security import bearer_metadata
 
 __all__ = ["CloudClient", "EdgekitCloudClient", "KServeV2CloudClient"]
 
@@ -81,16 +82,18 @@ class EdgekitCloudClient:
         target: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.target = target
+        self._metadata = bearer_metadata(token)
         self._channel = _channel(target, credentials, max_message_bytes)
         self._stub = ek_grpc.EdgeClassifierStub(self._channel)
 
     def classify(self, texts: Sequence[str], timeout_s: float) -> list[tuple[str, float]]:
         request = ek.ClassifyRequest(texts=list(texts), top_k=1, allow_cloud=False)
         with _as_cloud_errors(self.target):
-            response = self._stub.Classify(request, timeout=timeout_s)
+            response = self._stub.Classify(request, timeout=timeout_s, metadata=self._metadata)
             if len(response.predictions) != len(texts):
                 raise ValueError(f"{len(response.predictions)} predictions for {len(texts)} texts")
         return [(p.label, float(p.score)) for p in response.predictions]
@@ -124,10 +127,12 @@ class KServeV2CloudClient:
         label_output: str = "label",
         score_output: str = "score",
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.target = target
         self.model_name = model_name
+        self._metadata = bearer_metadata(token)
         self._model_version = model_version
         self._input_name = input_name
         self._label_output = label_output
@@ -153,7 +158,7 @@ class KServeV2CloudClient:
             ],
         )
         with _as_cloud_errors(self.target):
-            response = self._stub.ModelInfer(request, timeout=timeout_s)
+            response = self._stub.ModelInfer(request, timeout=timeout_s, metadata=self._metadata)
             labels = [b.decode("utf-8") for b in self._output(response, self._label_output, len(texts))]
             scores = self._output(response, self._score_output, len(texts))
         return [(label, float(score)) for label, score in zip(labels, scores)]

@@ -96,13 +96,24 @@ def _security(host: str, tls_cert: Path | None, tls_key: Path | None, tls_client
     return security
 
 
-def _cloud_client(target: str | None, protocol: str, model_name: str | None) -> CloudClient | None:
+def _cloud_client(target: str | None, protocol: str, model_name: str | None, tls_ca: Path | None = None,
+                  tls_cert: Path | None = None, tls_key: Path | None = None,
+                  token_file: Path | None = None) -> CloudClient | None:
     from edgekit.errors import ConfigError
 
     if target is None:
         if model_name is not None:
             raise ConfigError("--cloud-model needs --cloud HOST:PORT")
+        if any(x is not None for x in (tls_ca, tls_cert, tls_key, token_file)):
+            raise ConfigError("--cloud-tls-* and --cloud-token-file need --cloud HOST:PORT")
         return None
+    from edgekit.runtime.security import channel_credentials, read_token
+
+    security = {
+        "credentials": channel_credentials(tls_ca, tls_cert, tls_key)
+        if any(x is not None for x in (tls_ca, tls_cert, tls_key)) else None,
+        "token": read_token(token_file) if token_file is not None else None,
+    }
     from edgekit.runtime.cloud_protocols import load_cloud_protocols
 
     spec = load_cloud_protocols().get(protocol)
@@ -110,7 +121,7 @@ def _cloud_client(target: str | None, protocol: str, model_name: str | None) -> 
         raise ConfigError(f"--cloud-protocol {spec.name} needs --cloud-model NAME (the model to call on the server)")
     if not spec.needs_model_name and model_name is not None:
         raise ConfigError(f"--cloud-model does not apply to --cloud-protocol {spec.name} (its server serves one model)")
-    return spec.make_client(target, model_name)
+    return spec.make_client(target, model_name, **security)
 
 
 @click.command("serve")
@@ -131,6 +142,12 @@ def _cloud_client(target: str | None, protocol: str, model_name: str | None) -> 
               help="degrade: answer at the edge (route EDGE_CLOUD_FAILED); fail: the request fails (UNAVAILABLE).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Fallback threshold on the calibrated score (default: the bundle's).")
+@click.option("--cloud-tls-ca", type=_FILE, default=None,
+              help="Reach the cloud over TLS, trusting this CA (PEM) for its certificate.")
+@click.option("--cloud-tls-cert", type=_FILE, default=None, help="Client certificate (PEM) for a mutual-TLS cloud.")
+@click.option("--cloud-tls-key", type=_FILE, default=None, help="Client key (PEM) of --cloud-tls-cert.")
+@click.option("--cloud-token-file", type=_FILE, default=None,
+              help="Send the first token of this file (chmod 600) to the cloud as 'authorization: Bearer <token>'.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes sharing the port (SO_REUSEPORT), each with --threads engine threads "
                    "(default: cores / workers); /metrics sums them.")
@@ -146,6 +163,10 @@ def command(
     cloud_timeout_ms: float,
     on_cloud_error: str,
     threshold: float | None,
+    cloud_tls_ca: Path | None,
+    cloud_tls_cert: Path | None,
+    cloud_tls_key: Path | None,
+    cloud_token_file: Path | None,
     workers: int,
     host: str,
     max_batch_size: int,
@@ -175,7 +196,8 @@ def command(
     limits = Limits(max_queue=max_queue)  # bad values fail here, once, also before --workers start
     security = _security(host, tls_cert, tls_key, tls_client_ca, auth_token_file, health_open, insecure)
     if workers > 1:
-        checked = _cloud_client(cloud_target, cloud_protocol, cloud_model)  # bad option pairs fail here, once
+        checked = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert,
+                                cloud_tls_key, cloud_token_file)  # bad option pairs fail here, once
         if checked is not None:
             checked.close()
         _serve_workers(click.get_current_context(), workers)
@@ -186,7 +208,8 @@ def command(
 
     cascade = CascadeSettings(threshold=threshold, cloud_timeout_ms=cloud_timeout_ms, on_cloud_error=on_cloud_error)
     batching = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
-    cloud = _cloud_client(cloud_target, cloud_protocol, cloud_model)
+    cloud = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert, cloud_tls_key,
+                          cloud_token_file)
     try:
         from edgekit.runtime.model import load_bundle_model
 

@@ -185,3 +185,21 @@ def test_bad_security_options_are_one_line_errors(tmp_path, capsys, args, messag
     assert exit_info.value.code == 2  # ConfigError
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("protocol", ["edgekit", "kserve-v2"])
+def test_the_edge_reaches_a_tls_and_token_cloud_on_both_protocols(pki, tmp_path, protocol):
+    from edgekit.cli.serve import _cloud_client
+    from tests.fakes import UNSURE, cloud_model
+
+    tokens = _token_file(tmp_path / "tokens", TOKEN)
+    cloud_security = Security(tls_cert=pki["server.pem"], tls_key=pki["server.key"], token_file=tokens)
+    unsure = next(iter(UNSURE))
+    with serving(cloud_model(), security=cloud_security) as cloud:
+        address = f"127.0.0.1:{cloud.port}"
+        model_name = cloud_model().info.name if protocol == "kserve-v2" else None
+        for token_file, route in ((tokens, "CLOUD"), (None, "EDGE_CLOUD_FAILED")):
+            client = _cloud_client(address, protocol, model_name, tls_ca=pki["ca.pem"], token_file=token_file)
+            with serving(KeywordModel(), cloud=client) as edge, EdgeClient(edge.address) as user:
+                assert user.classify([unsure])[0].route.value == route
