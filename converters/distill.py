@@ -80,6 +80,7 @@ class DistillConfig:
     patience: int = 3
     seed: int = 0
     progress: bool = True
+    mixed_precision: str = "no"  # "no" | "bf16" (training.resolve_mixed_precision resolves "auto")
 
 
 @dataclass
@@ -348,6 +349,7 @@ def distill(student, tokenizer, transfer: TransferSet, val_texts, y_val, config:
             evaluate_start=True,
             seed=config.seed,
             progress=config.progress,
+            mixed_precision=config.mixed_precision,
         ),
         lengths=token_lengths(tokenizer, texts, config.max_length),
         description="distill",

@@ -19,6 +19,7 @@ __all__ = ["distill_config", "make_student"]
 
 def distill_config(config: ConvertConfig, max_length: int):
     from edgekit.converters.distill import DistillConfig
+    from edgekit.converters.training import resolve_mixed_precision
 
     student = config.student
     if student is not None and str(student) == "teacher-layers":
@@ -28,7 +29,7 @@ def distill_config(config: ConvertConfig, max_length: int):
         learning_rate=config.learning_rate, head_learning_rate=config.head_learning_rate,
         temperature=config.distill_temperature, alpha=config.alpha, calibrate_teacher=config.calibrate_teacher,
         hidden_weight=config.hidden_weight, augment=config.augment, max_length=max_length, seed=config.seed,
-        progress=config.progress,
+        progress=config.progress, mixed_precision=resolve_mixed_precision(config.mixed_precision),
     )
 
 

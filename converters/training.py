@@ -50,10 +50,32 @@ class TrainConfig:
     evaluate_start: bool = False  # score the model before training; keep it if no epoch beats it
     seed: int = 0
     progress: bool = True
+    # "no" | "bf16": torch.autocast around the forward pass and the loss (not accelerate's
+    # mixed_precision: its state is one per process, and `edgekit demo` trains twice in one)
+    mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be >= 1 and learning_rate > 0")
+
+
+def bf16_is_fast() -> bool:
+    """Does this machine multiply bf16 in hardware (AVX-512 BF16 or AMX on a CPU, or a CUDA GPU that
+    supports it)? Only then is bf16 autocast worth it; elsewhere it emulates and is slower."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """``auto`` → ``bf16`` where :func:`bf16_is_fast`, else ``no``; ``no``/``bf16`` as given."""
+    if choice == "auto":
+        return "bf16" if bf16_is_fast() else "no"
+    return choice
 
 
 def epochs_for(examples: int, batch_size: int, *, min_steps: int, min_epochs: int = 3, max_epochs: int = 30) -> int:
@@ -204,7 +226,7 @@ def train(
         # disable=None: a bar on a terminal, none in a log file (the epoch line still prints)
         bar = tqdm(loader, desc=f"{description} epoch {epoch}/{config.epochs}", disable=None if show else True,
                    leave=False)
-        validate(epoch, _one_epoch(model, bar, loss_fn, accelerator, optimizer, scheduler))
+        validate(epoch, _one_epoch(model, bar, loss_fn, accelerator, optimizer, scheduler, config.mixed_precision))
         if best.stale >= config.patience:
             log.info("early stopping after epoch %d (best %d)", epoch, best.epoch)
             break
@@ -215,11 +237,13 @@ def train(
     return TrainResult(best.epoch, best.score, history)
 
 
-def _one_epoch(model, bar, loss_fn, accelerator, optimizer, scheduler) -> float:
+def _one_epoch(model, bar, loss_fn, accelerator, optimizer, scheduler, mixed_precision: str = "no") -> float:
     model.train()
     total, count = 0.0, 0
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
     for batch in bar:
-        loss = loss_fn(model, batch)
+        with autocast:
+            loss = loss_fn(model, batch).float()
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()

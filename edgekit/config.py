@@ -42,6 +42,7 @@ class ConvertConfig:
     alpha: float = 0.5
     calibrate_teacher: bool = True
     hidden_weight: float = 0.0
+    mixed_precision: str = "no"  # distillation's autocast: no | bf16 | auto (bf16 where the hardware has it)
     teacher_cache: bool = True  # keep the teacher's outputs on disk (see converters/teacher_cache.py)
     max_length: int | None = None  # None: the data's 99th-percentile token length (<= 128)
     buckets: tuple[int, ...] | None = None  # TFLite lengths; None: chosen from the data
@@ -68,6 +69,8 @@ class ConvertConfig:
             raise ConfigError("--buckets must be lengths of at least 4")
         if self.student_layers is not None and self.student_layers < 1:
             raise ConfigError("--student-layers must be >= 1")
+        if self.mixed_precision not in ("no", "bf16", "auto"):
+            raise ConfigError(f"--mixed-precision must be no, bf16 or auto, got {self.mixed_precision!r}")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> ConvertConfig:

@@ -148,3 +148,34 @@ def test_slice_encoder_keeps_evenly_spaced_layers():
     sliced, kept = slice_encoder(encoder, 3)
     assert kept == [0, 2, 4] and sliced.config.num_hidden_layers == 3
     torch.testing.assert_close(sliced.encoder.layer[1].output.dense.weight, encoder.encoder.layer[2].output.dense.weight)
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_training_learns_in_fp32_and_under_bf16_autocast(precision):
+    """bf16 autocast (--mixed-precision) must still learn, and leave fp32 weights behind."""
+    import torch
+
+    from edgekit.converters.training import TrainConfig, train
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+    def collate(rows):
+        idx = torch.tensor(rows)
+        return {"x": torch.from_numpy(x)[idx], "y": torch.from_numpy(y)[idx]}
+
+    def loss_fn(m, batch):
+        return torch.nn.functional.cross_entropy(m(batch["x"]).float(), batch["y"])
+
+    def evaluate(m):
+        with torch.no_grad():
+            return float((m(torch.from_numpy(x)).argmax(-1).numpy() == y).mean())
+
+    config = TrainConfig(epochs=20, batch_size=32, learning_rate=3e-2, patience=20, progress=False,
+                         mixed_precision=precision)
+    result = train(model, list(range(len(x))), collate, loss_fn, evaluate, config)
+    assert result.best_score > 0.9
+    assert all(p.dtype == torch.float32 for p in model.parameters())
