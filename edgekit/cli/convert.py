@@ -33,9 +33,11 @@ def _variants(values: tuple[str, ...]) -> dict[str, list[str]] | None:
 @click.option("--config", "config_file", type=_P, help="YAML file with any of these options (the command line wins).")
 @click.option("--variant", "variants", multiple=True, help="Only try FORMAT:VARIANT (repeatable), e.g. onnx:int8-dynamic.")
 @click.option("--unlabeled", type=_P, help="Extra unlabelled texts for the transfer set.")
-@click.option("--student", type=_P, help="The student's start: auto (default: probe paraphrase-minilm-l3, minilm-l6 layers "
-              "and small teachers' layers, keep the best), teacher-layers, a packaged name or a directory.")
-@click.option("--student-layers", type=click.IntRange(1), help="Layers the student keeps (auto: 3; teacher-layers: half; --student PATH: all).")
+@click.option("--student", type=_P, help="The student's start: auto (default: probe paraphrase-minilm-l3 (3 layers), "
+              "minilm-l6 (6) and a small teacher's layers; keep the smallest within 1 point of the best probe), "
+              "teacher-layers, a packaged name or a directory.")
+@click.option("--student-layers", type=click.IntRange(1), help="Layers the student keeps (auto: each start whole, or "
+              "N layers of each; teacher-layers: half; --student PATH: all).")
 @click.option("--prune-vocab/--no-prune-vocab", default=None,
               help="Prune the vocabulary to the transfer set's tokens (default: when it changes < 1% of the "
                    "answers on validation, which it has not seen).")

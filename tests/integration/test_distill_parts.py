@@ -179,3 +179,20 @@ def test_training_learns_in_fp32_and_under_bf16_autocast(precision):
     result = train(model, list(range(len(x))), collate, loss_fn, evaluate, config)
     assert result.best_score > 0.9
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_bigger_start_must_probe_more_than_a_point_better():
+    from edgekit.converters.distill import Candidate, pick_start
+
+    def cand(name, params, acc):
+        c = Candidate(name, None, None, None, params)
+        c.probe_accuracy = acc
+        return c
+
+    small, big = cand("l3", 17, 0.906), cand("l6", 22, 0.919)
+    chosen, reason = pick_start([small, big])
+    assert chosen is big and "smaller starts probed more than 1 point lower" in reason
+    small.probe_accuracy = 0.912  # within a point: the cheaper start wins
+    chosen, reason = pick_start([small, big])
+    assert chosen is small and "within 1 point of the best (0.9190)" in reason
+    assert pick_start([big])[1] == "the only start asked for"
