@@ -30,22 +30,25 @@ def test_calibration_is_softmax_of_logits_over_temperature():
     assert hotter[0, 0] < probs[0, 0]  # a higher temperature flattens the distribution
 
 
-def test_top_k_is_the_stable_sort_of_each_row_for_every_k():
-    """k = 1 takes a shortcut (the argmax); it must agree with the full sort, ties included."""
-    from edgekit.runtime.cascade import _top_k
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 40])  # both sides of the plain-Python path (<= 4 rows)
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 2.5])
+def test_edge_answers_are_the_stable_sort_of_the_calibrated_probabilities(rows, temperature):
+    from edgekit.runtime.cascade import edge_answers
 
-    rng = np.random.default_rng(0)
-    probs = calibrated_probabilities(rng.normal(size=(6, 5)), 1.0)
-    probs[0] = [0.3, 0.3, 0.2, 0.1, 0.1]  # a tie for first place: the lower index wins
-    labels = ["a", "b", "c", "d", "e"]
-    best = probs.argmax(axis=1)
-    for k in (1, 2, 5):
-        got = _top_k(probs, best, probs[np.arange(6), best].tolist(), labels, k)
-        for row, pairs in zip(probs, got):
+    rng = np.random.default_rng(rows)
+    logits = (rng.normal(size=(rows, 6)) * 3).astype(np.float32)
+    logits[0] = [2.0, 5.0, 5.0, -1.0, 0.0, 5.0]  # a three-way tie for first: the lowest index wins
+    labels = ["a", "b", "c", "d", "e", "f"]
+    probs = calibrated_probabilities(logits, temperature)
+    for k in (1, 2, 6):
+        tops, scores = edge_answers(logits, temperature, labels, k)
+        assert len(tops) == rows
+        for row, pairs, score in zip(probs, tops, scores):
             order = np.argsort(-row, kind="stable")[:k]
             assert [label for label, _ in pairs] == [labels[j] for j in order]
-            assert [score for _, score in pairs] == pytest.approx(row[order].tolist())
-    assert _top_k(probs, best, probs[np.arange(6), best].tolist(), labels, 1)[0][0][0] == "a"
+            assert [p for _, p in pairs] == pytest.approx(row[order].tolist(), rel=1e-6)
+            assert score == pytest.approx(row.max(), rel=1e-6)
+        assert tops[0][0][0] == "b"
 
 
 def test_confident_texts_stay_at_the_edge_and_the_cloud_is_not_called():
