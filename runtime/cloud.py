@@ -133,12 +133,30 @@ class KServeV2CloudClient:
         self.target = target
         self.model_name = model_name
         self._metadata = bearer_metadata(token)
+        self._rank: int | None = None  # of the input tensor, from the model's metadata (first call)
         self._model_version = model_version
         self._input_name = input_name
         self._label_output = label_output
         self._score_output = score_output
         self._channel = _channel(target, credentials, max_message_bytes)
         self._stub = v2_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def _batch_shape(self, n: int, timeout_s: float) -> list[int]:
+        """``[n]``, or ``[n, 1]`` for a model whose metadata declares the input as ``[-1, 1]`` (what
+        Triton reports for a batching model with one string per sample, and then requires: a
+        PyTriton ``Tensor(dtype=bytes, shape=(1,))``). Asked once; if the metadata cannot be read,
+        ``[n]`` is sent and the server's answer decides."""
+        if self._rank is None:
+            try:
+                meta = self._stub.ModelMetadata(
+                    v2.ModelMetadataRequest(name=self.model_name, version=self._model_version),
+                    timeout=timeout_s / 2, metadata=self._metadata,  # half: the call itself needs time too
+                )
+                shapes = [list(t.shape) for t in meta.inputs if t.name == self._input_name]
+                self._rank = 2 if shapes and len(shapes[0]) == 2 else 1
+            except grpc.RpcError:
+                return [n]  # ask again next time
+        return [n, 1] if self._rank == 2 else [n]
 
     def classify(self, texts: Sequence[str], timeout_s: float) -> list[tuple[str, float]]:
         request = v2.ModelInferRequest(
@@ -148,7 +166,7 @@ class KServeV2CloudClient:
                 v2.ModelInferRequest.InferInputTensor(
                     name=self._input_name,
                     datatype="BYTES",
-                    shape=[len(texts)],
+                    shape=self._batch_shape(len(texts), timeout_s),
                     contents=v2.InferTensorContents(bytes_contents=[t.encode("utf-8") for t in texts]),
                 )
             ],
