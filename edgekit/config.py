@@ -42,7 +42,10 @@ class ConvertConfig:
     alpha: float = 0.5
     calibrate_teacher: bool = True
     hidden_weight: float = 0.0
-    mixed_precision: str = "no"  # distillation's autocast: no | bf16 | auto (bf16 where the hardware has it)
+    # distillation's autocast: no | bf16 | auto (bf16 where the CPU/GPU multiplies bf16 in hardware).
+    # banking77, 6-layer student: same validation curve and test accuracy (0.9341 vs 0.9334), about
+    # half the time per epoch (benchmarks/RESULTS.md, benchmarks/train_precision.py)
+    mixed_precision: str = "auto"
     teacher_cache: bool = True  # keep the teacher's outputs on disk (see converters/teacher_cache.py)
     max_length: int | None = None  # None: the data's 99th-percentile token length (<= 128)
     buckets: tuple[int, ...] | None = None  # TFLite lengths; None: chosen from the data

@@ -50,7 +50,8 @@ def _variants(values: tuple[str, ...]) -> dict[str, list[str]] | None:
 @click.option("--alpha", type=click.FloatRange(0, 1), help="Weight of the KD term against label cross-entropy (default 0.5).")
 @click.option("--calibrate-teacher/--no-calibrate-teacher", default=None, help="Scale the teacher's logits by its validation temperature (default on).")
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "auto"]),
-              help="Distil with bf16 autocast (auto: where the CPU/GPU has bf16 in hardware; default no).")
+              help="Distil under bf16 autocast: auto (default) where the CPU/GPU multiplies bf16 in hardware "
+                   "(AVX-512 BF16, AMX, recent GPUs), no elsewhere.")
 @click.option("--teacher-cache/--no-teacher-cache", default=None, help="Reuse the teacher's outputs cached on disk (default on).")
 @click.option("--max-length", type=click.IntRange(8, 512), help="Max tokens (default: from the data).")
 @click.option("--buckets", help="Comma-separated TFLite sequence lengths (default: from the data).")
