@@ -23,6 +23,10 @@ TARGETS = {
 }
 
 
+NEAR_BEST = 0.003  # accuracy: with no bundle within the target, bundles this close to the best count as equal
+BASELINE_MAX_DROP_POINTS = 10.0  # a baseline that lost more is broken, not a reference
+
+
 def _pick(rows: list[dict], kind: str, threads: int, batch: int) -> list[dict]:
     return [r for r in rows if r["kind"] == kind and r["threads"] == threads and r["batch"] == batch]
 
@@ -30,8 +34,11 @@ def _pick(rows: list[dict], kind: str, threads: int, batch: int) -> list[dict]:
 def targets(result: dict) -> dict | None:
     """How the best edge bundle does against the targets, at the smallest thread count and batch.
 
-    "Best" = the fastest edgekit bundle within the accuracy target of the teacher (the most
-    accurate one when none is). None without a teacher row.
+    "Best" = the fastest edgekit bundle within the accuracy target of the teacher; when none is,
+    the fastest within ``NEAR_BEST`` of the most accurate (the convert gate's rule: the most
+    accurate alone may be three times slower for 0.03 points). None without a teacher row. An
+    Optimum baseline that lost more than ``BASELINE_MAX_DROP_POINTS`` is no baseline (a broken
+    quantization, not a speed reference): its speed-up is not scored.
     """
     rows = result["rows"]
     threads = min(r["threads"] for r in rows)
@@ -43,7 +50,10 @@ def targets(result: dict) -> dict | None:
     teacher = teacher[0]
     limit = teacher["accuracy"] - TARGETS["max_accuracy_drop_points"] / 100
     passing = [r for r in edge if r["accuracy"] >= limit - 1e-12]
-    best = min(passing, key=lambda r: r["latency_ms_p50"]) if passing else max(edge, key=lambda r: r["accuracy"])
+    if not passing:
+        top = max(r["accuracy"] for r in edge)
+        passing = [r for r in edge if r["accuracy"] >= top - NEAR_BEST - 1e-12]
+    best = min(passing, key=lambda r: r["latency_ms_p50"])
     out = {
         "threads": threads,
         "batch": batch,
@@ -58,6 +68,7 @@ def targets(result: dict) -> dict | None:
     if baseline:
         out["speedup_vs_baseline"] = baseline[0]["latency_ms_p50"] / best["latency_ms_p50"]
         out["baseline_accuracy_drop_points"] = (teacher["accuracy"] - baseline[0]["accuracy"]) * 100
+        out["baseline_valid"] = out["baseline_accuracy_drop_points"] <= BASELINE_MAX_DROP_POINTS
     def at_least(key, goal):
         return None if out.get(key) is None else out[key] >= goal
 
@@ -66,7 +77,8 @@ def targets(result: dict) -> dict | None:
 
     met = {
         "speedup_vs_teacher": at_least("speedup_vs_teacher", TARGETS["speedup_vs_teacher"]),
-        "speedup_vs_baseline": at_least("speedup_vs_baseline", TARGETS["speedup_vs_baseline"]),
+        "speedup_vs_baseline": at_least("speedup_vs_baseline", TARGETS["speedup_vs_baseline"])
+        if out.get("baseline_valid", True) else None,
         "size_fraction_of_teacher": at_most("size_fraction_of_teacher", TARGETS["size_fraction_of_teacher"]),
         "max_accuracy_drop_points": at_most("accuracy_drop_points", TARGETS["max_accuracy_drop_points"]),
         "max_cascade_drop_points_at_10pct_cloud": at_most(
@@ -139,7 +151,7 @@ def _markdown(result: dict, verdict: dict | None, plots: list[str]) -> str:
             "|---|---|---|---|",
             f"| speed-up vs teacher (torch fp32) | ≥ 30× | {verdict['speedup_vs_teacher']:.1f}× | {mark('speedup_vs_teacher')} |",
             f"| speed-up vs Optimum baseline | ≥ 5× | {_fmt(verdict.get('speedup_vs_baseline'), '.1f')}× "
-            f"| {mark('speedup_vs_baseline')} |",
+            f"| {mark('speedup_vs_baseline') if verdict.get('baseline_valid', True) else 'n/a: the baseline is invalid (' + format(verdict['baseline_accuracy_drop_points'], '.1f') + ' points below the teacher)'} |",
             f"| size vs teacher | ≤ 1/30 | 1/{1 / verdict['size_fraction_of_teacher']:.0f} | {mark('size_fraction_of_teacher')} |",
             f"| accuracy drop | ≤ 1.0 point | {verdict['accuracy_drop_points']:.2f} | {mark('max_accuracy_drop_points')} |",
             f"| cascade drop at ≤ 10% cloud | ≤ 0.3 point | {_fmt(verdict.get('cascade_drop_points_at_10pct_cloud'), '.2f')} "

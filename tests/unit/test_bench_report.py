@@ -67,3 +67,20 @@ def test_verdict_says_when_the_teacher_is_the_weaker_model():
     device = {"cpu": "x", "arch": "x86_64", "cores": 2, "memory_gib": 1, "features": [], "os": "Linux", "python": "3"}
     md = _markdown({"rows": [], "device": device, "date": "d", "test": {"path": "t", "texts": 1, "latency_texts": 1}}, v, [])
     assert "3.00 points less accurate than the best edge bundle" in md and "by -0.50 points" in md
+
+
+def test_verdict_when_nothing_passes_and_the_baseline_is_broken():
+    """banking77 run of 2026-12-02: every bundle 1.3-1.5 points below the teacher; the verdict named
+    onnx-fp32 (most accurate, 5.2 ms) instead of tflite-int8 (as accurate, 1.6 ms), and scored a
+    speed-up against an Optimum baseline that answered at chance."""
+    from edgekit.bench.report import _markdown, targets
+
+    rows = [_row("teacher", "teacher", 0.9471, 71.3, 438e6), _row("optimum-baseline", "optimum-baseline", 0.013, 16.1, 110e6),
+            _row("onnx-fp32", "edgekit", 0.9341, 5.16, 50e6, 0.9464), _row("tflite-int8", "edgekit", 0.9341, 1.63, 14e6, 0.9468),
+            _row("onnx-int8", "edgekit", 0.9338, 2.57, 13e6, 0.9471), _row("openvino-int8", "edgekit", 0.9290, 1.0, 13e6, 0.94)]
+    v = targets({"rows": rows})
+    assert v["best"] == "tflite-int8"  # the fastest within 0.3 points of the most accurate, not openvino's 0.929
+    assert v["met"]["speedup_vs_baseline"] is None and not v["baseline_valid"]
+    device = {"cpu": "x", "arch": "x86_64", "cores": 2, "memory_gib": 1, "features": [], "os": "Linux", "python": "3"}
+    md = _markdown({"rows": [], "device": device, "date": "d", "test": {"path": "t", "texts": 1, "latency_texts": 1}}, v, [])
+    assert "the baseline is invalid" in md
