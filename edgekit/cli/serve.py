@@ -83,12 +83,12 @@ def _serve(model: LogitModel, settings: ServerSettings, *, cloud: CloudClient | 
     server.wait()
 
 
-def _security(host: str, tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
-              token_file: Path | None, health_open: bool, insecure: bool):
+def _security(host: str, *, tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None,
+              auth_token_file: Path | None, health_open: bool, insecure: bool):
     """The server's Security from its options, checked now (files read, combinations and address)."""
     from edgekit.runtime.security import Security
 
-    security = Security(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, token_file=token_file,
+    security = Security(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, token_file=auth_token_file,
                         health_open=health_open, insecure=insecure)
     security.check(host)
     security.tokens()  # the token file exists, is private and holds a token
@@ -176,12 +176,7 @@ def command(
     max_workers: int,
     max_queue: int,
     max_inflight: int,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_client_ca: Path | None,
-    auth_token_file: Path | None,
-    health_open: bool,
-    insecure: bool,
+    **security_options: Any,  # --tls-cert, --tls-key, --tls-client-ca, --auth-token-file, --health-open, --insecure
 ) -> None:
     """Serve an edge BUNDLE over gRPC (edgekit.v1 and KServe/Triton v2), falling back to a cloud model.
 
@@ -194,7 +189,7 @@ def command(
     from edgekit.runtime.dataplane import Limits
 
     limits = Limits(max_queue=max_queue)  # bad values fail here, once, also before --workers start
-    security = _security(host, tls_cert, tls_key, tls_client_ca, auth_token_file, health_open, insecure)
+    security = _security(host, **security_options)
     if workers > 1:
         checked = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert,
                                 cloud_tls_key, cloud_token_file)  # bad option pairs fail here, once
@@ -268,12 +263,7 @@ def cloud_command(
     max_workers: int,
     max_queue: int,
     max_inflight: int,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_client_ca: Path | None,
-    auth_token_file: Path | None,
-    health_open: bool,
-    insecure: bool,
+    **security_options: Any,  # --tls-cert, --tls-key, --tls-client-ca, --auth-token-file, --health-open, --insecure
 ) -> None:
     """Serve the fine-tuned torch model in MODEL_DIR as the cloud model (it answers every text itself)."""
     from edgekit.deps import require
@@ -287,7 +277,7 @@ def cloud_command(
 
     batching = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
     limits = Limits(max_queue=max_queue)  # checked before the model loads
-    security = _security(host, tls_cert, tls_key, tls_client_ca, auth_token_file, health_open, insecure)
+    security = _security(host, **security_options)
     model = load_torch_model(model_dir, device=device)
     _serve(model, ServerSettings(host=host, port=port, batching=batching, limits=limits, metrics_port=metrics_port,
                                  max_workers=max_workers, max_inflight_rpcs=max_inflight, security=security),
