@@ -305,6 +305,10 @@ class DataPlane:
         self._metrics.request_done(predictions)
         return predictions
 
+    def count_refusal(self, reason: str) -> None:
+        """Count a request the transport refused before it reached :meth:`classify` (overload)."""
+        self._metrics.request_failed(Overloaded(reason))
+
     def _admit(self, n: int) -> _Generation:
         """Count ``n`` texts in (on the model now served), or refuse the request at once if the
         queue cannot take them."""

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 
 from edgekit.errors import ConfigError
+from edgekit.runtime.grpc import refusing_handler
 
 __all__ = [
     "AuthInterceptor",
@@ -129,22 +130,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return None
         reason = ("missing bearer token: send the gRPC metadata 'authorization: Bearer <token>'"
                   if authorization is None else "invalid bearer token")
-        return _refusing(handler, reason)
-
-
-def _refusing(handler: grpc.RpcMethodHandler, reason: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` that ends the call UNAUTHENTICATED, unread."""
-
-    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
-
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    return grpc.stream_stream_rpc_method_handler(refuse)
+        return refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, reason)
 
 
 def is_loopback(host: str) -> bool:

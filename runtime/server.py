@@ -32,6 +32,8 @@ from edgekit.runtime.grpc import edgekit_pb2_grpc, grpc_predict_v2_pb2_grpc
 from edgekit.runtime.grpc.servicers import (
     SERVICE_NAMES,
     AdminServicer,
+    AdmissionInterceptor,
+    CountingPool,
     EdgeClassifierServicer,
     ErrorInterceptor,
     InferenceServicer,
@@ -90,15 +92,17 @@ class EdgeServer:
         self._reload_lock = threading.Lock()
         self._health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-health")
         self._health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self._health_pool)
+        pool = CountingPool(max_workers=max_workers, thread_name_prefix="edgekit-grpc")
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edgekit-grpc"),
+            pool,
             interceptors=[
                 *([AuthInterceptor(self._tokens, health_open=security.health_open)] if self._tokens else []),
+                # RPCs running or waiting for a worker thread are bounded (else they would queue in
+                # the pool without limit); beyond, RESOURCE_EXHAUSTED at once, counted in /metrics
+                *([AdmissionInterceptor(pool, max_inflight_rpcs, dataplane.count_refusal)]
+                  if max_inflight_rpcs is not None else []),
                 ErrorInterceptor(),
             ],
-            # RPCs running or waiting for a worker thread; beyond, gRPC answers RESOURCE_EXHAUSTED
-            # itself ("Concurrent RPC limit exceeded") instead of queueing them without bound
-            maximum_concurrent_rpcs=max_inflight_rpcs,
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -274,7 +278,7 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None  # Prometheus over HTTP on the same host (0: any port)
     max_workers: int = 16
-    max_inflight_rpcs: int | None = 128  # gRPC's maximum_concurrent_rpcs (None: unbounded)
+    max_inflight_rpcs: int | None = 128  # RPCs running or waiting for a thread (None: unbounded)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     warmup_texts: Sequence[str] = WARMUP_TEXTS
     reuse_port: bool = False  # SO_REUSEPORT: set for the processes of `serve --workers N` only

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["decode_bytes_tensor", "encode_bytes_tensor"]
+__all__ = ["decode_bytes_tensor", "encode_bytes_tensor", "refusing_handler"]
 
 _LENGTH = struct.Struct("<I")
 
@@ -39,3 +40,20 @@ def decode_bytes_tensor(raw: bytes) -> list[bytes]:
         elements.append(raw[offset : offset + length])
         offset += length
     return elements
+
+
+def refusing_handler(handler: Any, code: Any, details: str) -> Any:
+    """A grpc method handler of the same kind as ``handler`` that ends the call with ``code`` (a
+    ``grpc.StatusCode``) and ``details``, its request unread: what interceptors return to refuse."""
+    import grpc
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, details)
+
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    return grpc.stream_stream_rpc_method_handler(refuse)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from concurrent import futures
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,7 @@ import numpy as np
 from edgekit import __version__
 from edgekit.errors import DeadlineExceeded, EdgekitError, InvalidInput, Overloaded
 from edgekit.runtime.dataplane import make_options
-from edgekit.runtime.grpc import decode_bytes_tensor, encode_bytes_tensor
+from edgekit.runtime.grpc import decode_bytes_tensor, encode_bytes_tensor, refusing_handler
 from edgekit.runtime.grpc import edgekit_pb2 as ek
 from edgekit.runtime.grpc import edgekit_pb2_grpc as ek_grpc
 from edgekit.runtime.grpc import grpc_predict_v2_pb2 as v2
@@ -41,7 +43,15 @@ from edgekit.runtime.types import ModelInfo, Prediction, Route
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.dataplane import DataPlane
 
-__all__ = ["AdminServicer", "EdgeClassifierServicer", "ErrorInterceptor", "InferenceServicer", "SERVICE_NAMES"]
+__all__ = [
+    "AdminServicer",
+    "AdmissionInterceptor",
+    "CountingPool",
+    "EdgeClassifierServicer",
+    "ErrorInterceptor",
+    "InferenceServicer",
+    "SERVICE_NAMES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -358,3 +368,62 @@ def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
         raise exc  # the servicer aborted with a status of its choosing
     log.error("event=rpc_internal_error method=%s error=%r", method, exc, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+class CountingPool(futures.ThreadPoolExecutor):
+    """The server's worker pool, counting the RPCs it holds (running or waiting for a thread).
+
+    Every RPC gRPC accepts is submitted here, and every submitted item runs (a cancelled call's
+    item returns at once), so the count cannot leak.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._lock = threading.Lock()
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+        with self._lock:
+            self._held += 1
+
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._held -= 1
+
+        return super().submit(run)
+
+
+class AdmissionInterceptor(grpc.ServerInterceptor):
+    """Refuse an RPC at once (RESOURCE_EXHAUSTED, with the reason) while ``limit`` RPCs already
+    run or wait for a worker thread, and tell ``on_refused``: the bounded, counted form of grpcio's
+    ``maximum_concurrent_rpcs`` (which refuses without a hook for metrics). Health checks always
+    pass (probes must see a busy server as alive)."""
+
+    def __init__(self, pool: CountingPool, limit: int, on_refused: Callable[[str], None]) -> None:
+        self._pool = pool
+        self._limit = limit
+        self._on_refused = on_refused
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        held = self._pool.held  # read in gRPC's polling thread, the only one that submits: it can only fall
+        if handler is None or held < self._limit or handler_call_details.method.startswith(_HEALTH):
+            return handler
+        reason = (f"the server is at capacity: {held} calls running or waiting for a thread, at most "
+                  f"{self._limit} (--max-inflight); retry with backoff")
+        self._on_refused(reason)
+        return refusing_handler(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+
+
+_HEALTH = "/grpc.health.v1.Health/"

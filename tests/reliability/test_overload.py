@@ -7,7 +7,7 @@ admission check in ``DataPlane._admit`` removed), the refused call blocks behind
 and the tests time out on their ``join``; with ``MicroBatcher._drop_expired`` a no-op, the
 expired text reaches the model (``seen``) and the deadline tests fail; without
 ``_check_deadline`` in ``MicroBatcher.submit`` an already-expired request runs on an idle model;
-without ``maximum_concurrent_rpcs`` in ``EdgeServer`` the RPC beyond ``max_inflight_rpcs`` gets a
+without the ``AdmissionInterceptor`` in ``EdgeServer`` the RPC beyond ``max_inflight_rpcs`` gets a
 worker thread and waits behind the held model instead of being refused.
 """
 
@@ -23,6 +23,7 @@ from edgekit.errors import DeadlineExceeded, Overloaded
 from edgekit.runtime.dataplane import DataPlane, Limits
 from edgekit.runtime.grpc import edgekit_pb2 as ek
 from edgekit.runtime.grpc import edgekit_pb2_grpc as ek_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.fakes import KeywordModel, serving
 
 
@@ -146,6 +147,10 @@ def test_grpc_refuses_rpcs_beyond_max_inflight_instead_of_queueing_them():
             assert model.entered.wait(5)
             error = _refused_at_once(lambda: stub.Classify(ek.ClassifyRequest(texts=["cancel it"]), timeout=10))
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "1 calls running or waiting for a thread, at most 1 (--max-inflight)" in error.details()
+            assert _sample(server.dataplane, "edgekit_requests_total", backend="fake", status="overloaded") == 1
+            health = health_pb2_grpc.HealthStub(channel)  # probes still get through a full server
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
             model.release.set()
             held.join(timeout=5)
             assert stub.Classify(ek.ClassifyRequest(texts=["cancel it"]), timeout=10).predictions[0].label == "cancel_order"
