@@ -48,8 +48,8 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Texts admitted and not yet answered; a request that does not fit is refused at once "
                           "(RESOURCE_EXHAUSTED) instead of waiting without bound. At least 64 (one full request)."),
         click.option("--max-inflight", type=click.IntRange(min=1), default=128, show_default=True,
-                     help="RPCs running or waiting for a worker thread (open streams included); beyond, gRPC "
-                          "refuses new calls with RESOURCE_EXHAUSTED."),
+                     help="RPCs running or waiting for a worker thread (open streams included); beyond, new "
+                          "calls are refused at once with RESOURCE_EXHAUSTED (health checks excepted)."),
         click.option("--tls-cert", type=_FILE, default=None, help="TLS certificate chain (PEM); needs --tls-key."),
         click.option("--tls-key", type=_FILE, default=None, help="TLS private key (PEM) of --tls-cert."),
         click.option("--tls-client-ca", type=_FILE, default=None,
