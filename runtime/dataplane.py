@@ -305,6 +305,16 @@ class DataPlane:
         self._metrics.request_done(predictions)
         return predictions
 
+    def request_counts(self) -> dict[str, int]:
+        """Requests that reached the data plane so far, by outcome (``edgekit_requests_total``)."""
+        counts: dict[str, int] = {}
+        for metric in self._metrics.requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    status = sample.labels["status"]
+                    counts[status] = counts.get(status, 0) + int(sample.value)
+        return counts
+
     def count_refusal(self, reason: str) -> None:
         """Count a request the transport refused before it reached :meth:`classify` (overload)."""
         self._metrics.request_failed(Overloaded(reason))

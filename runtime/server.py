@@ -197,7 +197,9 @@ class EdgeServer:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
         self._health_pool.shutdown(wait=False)
-        log.info("event=stopped address=%s", self.address)
+        counts = self.dataplane.request_counts()  # what a supervisor compares with what callers received
+        log.info("event=stopped address=%s answered=%d refused_or_failed=%d", self.address, counts.get("ok", 0),
+                 sum(n for status, n in counts.items() if status != "ok"))
         self._stopped.set()
 
     def reload(self) -> ModelInfo:
