@@ -99,9 +99,8 @@ class EdgeServer:
                 *([AuthInterceptor(self._tokens, health_open=security.health_open)] if self._tokens else []),
                 # RPCs running or waiting for a worker thread are bounded (else they would queue in
                 # the pool without limit); beyond, RESOURCE_EXHAUSTED at once, counted in /metrics
-                *([AdmissionInterceptor(pool, max_inflight_rpcs, dataplane.count_refusal)]
-                  if max_inflight_rpcs is not None else []),
-                ErrorInterceptor(),
+                ErrorInterceptor(admission=None if max_inflight_rpcs is None else
+                                 AdmissionInterceptor(pool, max_inflight_rpcs, dataplane.count_refusal)),
             ],
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
