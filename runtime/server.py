@@ -32,7 +32,7 @@ from edgekit.runtime.grpc import edgekit_pb2_grpc, grpc_predict_v2_pb2_grpc
 from edgekit.runtime.grpc.servicers import (
     SERVICE_NAMES,
     AdminServicer,
-    AdmissionInterceptor,
+    Admission,
     CountingPool,
     EdgeClassifierServicer,
     ErrorInterceptor,
@@ -100,7 +100,7 @@ class EdgeServer:
                 # RPCs running or waiting for a worker thread are bounded (else they would queue in
                 # the pool without limit); beyond, RESOURCE_EXHAUSTED at once, counted in /metrics
                 ErrorInterceptor(admission=None if max_inflight_rpcs is None else
-                                 AdmissionInterceptor(pool, max_inflight_rpcs, dataplane.count_refusal)),
+                                 Admission(pool, max_inflight_rpcs, dataplane.count_refusal)),
             ],
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),

@@ -38,7 +38,7 @@ import numpy as np
 
 from edgekit.errors import ConfigError
 
-__all__ = ["ECHO_SCRIPT", "SERVER_MODES", "format_overhead_markdown", "run_overhead"]
+__all__ = ["ECHO_SCRIPT", "SERVER_MODES", "ServerProcess", "format_overhead_markdown", "run_overhead"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ _ADDRESS = re.compile(r" on ([\w.\-\[\]]+:\d+)")
 _METRICS = re.compile(r"(http://\S+/metrics)")
 
 
-class _Process:
+class ServerProcess:
     """A server subprocess started from argv; address (and metrics URL) parsed from what it prints."""
 
     def __init__(self, argv: Sequence[str]) -> None:
@@ -122,7 +122,7 @@ def _callers(address: str):
     return channel, lambda payload: call(payload, timeout=30)
 
 
-def _single_client(model, servers: dict[str, _Process], texts: Sequence[str], rounds: int) -> dict[str, list[float]]:
+def _single_client(model, servers: dict[str, ServerProcess], texts: Sequence[str], rounds: int) -> dict[str, list[float]]:
     """Interleaved one-client latency (ms) of the in-process model and every server, rotating order."""
     channels, calls = {}, {}
     for name, server in servers.items():
@@ -216,12 +216,12 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
         modes[f"workers-{workers}"] = ["--workers", str(workers)]
     serve = [sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", str(threads),
              "--metrics-port", "0"]
-    servers: dict[str, _Process] = {}
+    servers: dict[str, ServerProcess] = {}
     model = load_bundle_model(bundle, threads=threads)
     try:
-        servers["grpc-echo"] = _Process([sys.executable, "-c", ECHO_SCRIPT])
+        servers["grpc-echo"] = ServerProcess([sys.executable, "-c", ECHO_SCRIPT])
         for name, extra in modes.items():
-            servers[name] = _Process([*serve, *extra])
+            servers[name] = ServerProcess([*serve, *extra])
         times = _single_client(model, servers, texts, rounds)
         single = {name: {"p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)} for name, t in times.items()}
         floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]

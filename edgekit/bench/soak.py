@@ -41,11 +41,11 @@ def edge_with_cloud(bundle: Path, edge_args: Sequence[str] = ()) -> Iterator[Any
     edge server under test, falling back to it (``--cloud``). Yields the edge's process handle
     (``.address``, ``.proc.pid``). The cloud answers with the same model: what is measured here
     is the server holding up, not accuracy."""
-    from edgekit.bench.overhead import _Process
+    from edgekit.bench.overhead import ServerProcess
 
-    cloud = _Process([sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", "1"])
+    cloud = ServerProcess([sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", "1"])
     try:
-        edge = _Process([sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", "1",
+        edge = ServerProcess([sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", "1",
                          "--cloud", cloud.address, *edge_args])
         try:
             yield edge

@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "AdminServicer",
-    "AdmissionInterceptor",
+    "Admission",
     "CountingPool",
     "EdgeClassifierServicer",
     "ErrorInterceptor",
@@ -277,7 +277,7 @@ def _parameter(parameters: Any, name: str, kind: type, default: Any) -> Any:
 
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Map exceptions from edgekit's servicers to gRPC status codes, in one place; and, given
-    ``admission``, refuse calls beyond the in-flight bound (see :class:`AdmissionInterceptor`).
+    ``admission``, refuse calls beyond the in-flight bound (see :class:`Admission`).
 
     EdgekitError subclasses carry their code (``grpc_status``) and a message meant for the
     client. Anything else is a bug: logged with its traceback and answered INTERNAL without
@@ -288,7 +288,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     """
 
     def __init__(self, services: tuple[str, ...] = SERVICE_NAMES,
-                 admission: AdmissionInterceptor | None = None) -> None:
+                 admission: Admission | None = None) -> None:
         self._prefixes = tuple(f"/{service}/" for service in services)
         self._admission = admission
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -415,12 +415,12 @@ class CountingPool(futures.ThreadPoolExecutor):
         return super().submit(run)
 
 
-class AdmissionInterceptor(grpc.ServerInterceptor):
-    """Refuse an RPC at once (RESOURCE_EXHAUSTED, with the reason) while ``limit`` RPCs already
-    run or wait for a worker thread, and tell ``on_refused``: the bounded, counted form of grpcio's
-    ``maximum_concurrent_rpcs`` (which refuses without a hook for metrics). Health checks always
-    pass (probes must see a busy server as alive). The server runs it inside its
-    :class:`ErrorInterceptor` (``refusal``), one interceptor layer fewer per call."""
+class Admission:
+    """The in-flight bound: refuse a call at once (RESOURCE_EXHAUSTED, with the reason) while
+    ``limit`` RPCs already run or wait for a worker thread, and tell ``on_refused``. The bounded,
+    counted form of grpcio's ``maximum_concurrent_rpcs`` (which refuses without a hook for
+    metrics); :class:`ErrorInterceptor` asks it for edgekit's services only, so health checks
+    always pass (probes must see a busy server as alive)."""
 
     def __init__(self, pool: CountingPool, limit: int, on_refused: Callable[[str], None]) -> None:
         self._pool = pool
@@ -437,15 +437,4 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
         self._on_refused(reason)
         return refusing_handler(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_HEALTH):
-            return handler
-        return self.refusal(handler) or handler
 
-
-_HEALTH = "/grpc.health.v1.Health/"

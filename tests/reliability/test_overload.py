@@ -7,7 +7,7 @@ admission check in ``DataPlane._admit`` removed), the refused call blocks behind
 and the tests time out on their ``join``; with ``MicroBatcher._drop_expired`` a no-op, the
 expired text reaches the model (``seen``) and the deadline tests fail; without
 ``_check_deadline`` in ``MicroBatcher.submit`` an already-expired request runs on an idle model;
-without the ``AdmissionInterceptor`` in ``EdgeServer`` the RPC beyond ``max_inflight_rpcs`` gets a
+without the ``Admission`` check in ``EdgeServer``'s ErrorInterceptor the RPC beyond ``max_inflight_rpcs`` gets a
 worker thread and waits behind the held model instead of being refused.
 """
 
