@@ -38,7 +38,8 @@ class FinetuneConfig:
     probe_init: bool = True  # start the head from a linear probe on the frozen base
     max_length: int = 64
     seed: int = 0
-    patience: int = 2
+    patience: int = 3  # epochs without a better validation score before stopping (the best is kept)
+    mixed_precision: str = "auto"  # "no" | "bf16" | "auto" (bf16 where the hardware multiplies it)
     text_field: str = "text"
     label_field: str = "label"
     progress: bool = True
@@ -83,7 +84,15 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     import torch
 
     from edgekit.converters.pretrained import resolve_base
-    from edgekit.converters.training import TrainConfig, encode, predict_logits, seed_everything, token_lengths, train
+    from edgekit.converters.training import (
+        TrainConfig,
+        encode,
+        predict_logits,
+        resolve_mixed_precision,
+        seed_everything,
+        token_lengths,
+        train,
+    )
 
     train_ds, val_ds, _ = load_splits(
         config.train, config.validation, text_field=config.text_field, label_field=config.label_field
@@ -128,6 +137,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             evaluate_start=True,
             seed=config.seed,
             progress=config.progress,
+            mixed_precision=resolve_mixed_precision(config.mixed_precision),
         ),
         lengths=token_lengths(tokenizer, train_ds.texts, config.max_length),
         description="finetune",

@@ -23,6 +23,10 @@ from edgekit.cli._options import data_field_options
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--lr", "learning_rate", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--max-length", default=64, show_default=True, type=click.IntRange(8, 512), help="Max tokens per text.")
+@click.option("--patience", default=3, show_default=True, type=click.IntRange(1),
+              help="Stop after this many epochs without a better validation score (the best epoch is kept).")
+@click.option("--mixed-precision", default="auto", show_default=True, type=click.Choice(["no", "bf16", "auto"]),
+              help="Train under bf16 autocast: auto = where the CPU/GPU multiplies bf16 in hardware.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same data, same machine: same model.")
 @data_field_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
@@ -35,6 +39,8 @@ def command(
     batch_size: int,
     learning_rate: float,
     max_length: int,
+    patience: int,
+    mixed_precision: str,
     seed: int,
     text_field: str,
     label_field: str,
@@ -59,6 +65,8 @@ def command(
             batch_size=batch_size,
             learning_rate=learning_rate,
             max_length=max_length,
+            patience=patience,
+            mixed_precision=mixed_precision,
             seed=seed,
             text_field=text_field,
             label_field=label_field,
