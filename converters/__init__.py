@@ -6,10 +6,52 @@ imported here: each step imports its heavy libraries when it runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 
-__all__ = ["quiet_third_party"]
+__all__ = ["native_stderr_captured", "quiet_third_party"]
+
+
+def _verbose() -> bool:
+    """Did the user ask for -v (the edgekit logger at INFO or below)?"""
+    return logging.getLogger("edgekit").isEnabledFor(logging.INFO)
+
+
+@contextlib.contextmanager
+def native_stderr_captured(enabled: bool | None = None) -> Iterator[None]:
+    """Hold what native code writes to file descriptor 2 inside the block; show it only if the block fails.
+
+    TensorFlow Lite and absl write start-up lines from C++ straight to fd 2 ("All log messages
+    before absl::InitializeLog() ...", oneDNN notices, "Created TensorFlow Lite XNNPACK
+    delegate"), past TF_CPP_MIN_LOG_LEVEL and Python's logging, so no library setting silences
+    them: this swaps fd 2 for a temporary file (hand-written: contextlib.redirect_stderr only
+    swaps Python's sys.stderr). ``enabled=None``: unless -v.
+    """
+    if enabled is None:
+        enabled = not _verbose()
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            held.seek(0)
+            os.write(2, held.read()[-20000:])
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def quiet_third_party(verbose: bool | None = None) -> None:
@@ -23,7 +65,7 @@ def quiet_third_party(verbose: bool | None = None) -> None:
     ai-edge-quantizer's tqdm bars are switched off where the TFLite exporter imports it
     (:func:`edgekit.converters.exporters.tflite.quiet_quantizer`). ``verbose`` (``-v``) keeps them all.
     """
-    if verbose:
+    if verbose or (verbose is None and _verbose()):
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GLOG_minloglevel", "3")
