@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import grpc
@@ -31,7 +32,7 @@ from edgekit.runtime.grpc import grpc_predict_v2_pb2 as v2
 from edgekit.runtime.grpc import grpc_predict_v2_pb2_grpc as v2_grpc
 from edgekit.runtime.security import bearer_metadata
 
-__all__ = ["CloudClient", "EdgekitCloudClient", "KServeV2CloudClient"]
+__all__ = ["CloudClient", "EdgekitCloudClient", "KServeV2CloudClient", "V2TensorNames"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -105,10 +106,19 @@ class EdgekitCloudClient:
 _SCORE_DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 
 
+@dataclass(frozen=True)
+class V2TensorNames:
+    """The names of the remote v2 model's tensors (:class:`KServeV2CloudClient` describes them)."""
+
+    input: str = "text"
+    label: str = "label"
+    score: str = "score"
+
+
 class KServeV2CloudClient:
     """An Open Inference Protocol v2 model (Triton, KServe, edgekit's v2 endpoint) as the cloud model.
 
-    The contract the remote model must meet (names configurable):
+    The contract the remote model must meet (names configurable: ``tensors=V2TensorNames(...)``):
 
     * input ``text``: BYTES, shape ``[N]``, UTF-8 texts, sent in ``contents.bytes_contents``;
     * output ``label``: BYTES, ``N`` elements (shape ``[N]`` or ``[N, 1]``), UTF-8 labels;
@@ -123,9 +133,7 @@ class KServeV2CloudClient:
         model_name: str,
         *,
         model_version: str = "",
-        input_name: str = "text",
-        label_output: str = "label",
-        score_output: str = "score",
+        tensors: V2TensorNames = V2TensorNames(),
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -135,9 +143,7 @@ class KServeV2CloudClient:
         self._metadata = bearer_metadata(token)
         self._rank: int | None = None  # of the input tensor, from the model's metadata (first call)
         self._model_version = model_version
-        self._input_name = input_name
-        self._label_output = label_output
-        self._score_output = score_output
+        self._tensors = tensors
         self._channel = _channel(target, credentials, max_message_bytes)
         self._stub = v2_grpc.GRPCInferenceServiceStub(self._channel)
 
@@ -152,7 +158,7 @@ class KServeV2CloudClient:
                     v2.ModelMetadataRequest(name=self.model_name, version=self._model_version),
                     timeout=timeout_s / 2, metadata=self._metadata,  # half: the call itself needs time too
                 )
-                shapes = [list(t.shape) for t in meta.inputs if t.name == self._input_name]
+                shapes = [list(t.shape) for t in meta.inputs if t.name == self._tensors.input]
                 self._rank = 2 if shapes and len(shapes[0]) == 2 else 1
             except grpc.RpcError:
                 return [n]  # ask again next time
@@ -164,21 +170,21 @@ class KServeV2CloudClient:
             model_version=self._model_version,
             inputs=[
                 v2.ModelInferRequest.InferInputTensor(
-                    name=self._input_name,
+                    name=self._tensors.input,
                     datatype="BYTES",
                     shape=self._batch_shape(len(texts), timeout_s),
                     contents=v2.InferTensorContents(bytes_contents=[t.encode("utf-8") for t in texts]),
                 )
             ],
             outputs=[
-                v2.ModelInferRequest.InferRequestedOutputTensor(name=self._label_output),
-                v2.ModelInferRequest.InferRequestedOutputTensor(name=self._score_output),
+                v2.ModelInferRequest.InferRequestedOutputTensor(name=self._tensors.label),
+                v2.ModelInferRequest.InferRequestedOutputTensor(name=self._tensors.score),
             ],
         )
         with _as_cloud_errors(self.target):
             response = self._stub.ModelInfer(request, timeout=timeout_s, metadata=self._metadata)
-            labels = [b.decode("utf-8") for b in self._output(response, self._label_output, len(texts))]
-            scores = self._output(response, self._score_output, len(texts))
+            labels = [b.decode("utf-8") for b in self._output(response, self._tensors.label, len(texts))]
+            scores = self._output(response, self._tensors.score, len(texts))
         return [(label, float(score)) for label, score in zip(labels, scores)]
 
     def close(self) -> None:

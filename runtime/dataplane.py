@@ -284,6 +284,8 @@ class DataPlane:
                     f"texts[{i}] has {len(text)} characters; at most {self.limits.max_chars} are allowed"
                 )
 
+    # The same signature as Cascade.classify on purpose (the servicers call this one, the data plane
+    # calls the cascade's with the same arguments); the bodies differ: this one validates, admits and counts.
     def classify(
         self,
         texts: Sequence[str],

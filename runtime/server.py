@@ -60,6 +60,24 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+@dataclass(frozen=True)
+class ServerSettings:
+    """How ``edgekit serve`` serves: address, engine-facing policies and gRPC limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: the OS picks one (read server.port)
+    cascade: CascadeSettings = field(default_factory=CascadeSettings)
+    batching: BatchSettings = field(default_factory=BatchSettings)
+    limits: Limits = field(default_factory=Limits)
+    metrics_port: int | None = None  # Prometheus over HTTP on the same host (0: any port)
+    max_workers: int = 16
+    max_inflight_rpcs: int | None = 128  # RPCs running or waiting for a thread (None: unbounded)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    warmup_texts: Sequence[str] = WARMUP_TEXTS
+    reuse_port: bool = False  # SO_REUSEPORT: set for the processes of `serve --workers N` only
+    security: Security = field(default_factory=Security)  # TLS, mutual TLS, bearer tokens
+
+
 class EdgeServer:
     """A running edge server. Build it with :func:`build_server`; use it as a context manager
     or call :meth:`stop`. It owns the data plane, and through it the model and cloud client."""
@@ -68,23 +86,19 @@ class EdgeServer:
         self,
         dataplane: DataPlane,
         *,
-        host: str,
-        port: int,
-        max_workers: int,
-        max_message_bytes: int,
-        metrics_port: int | None,
-        reuse_port: bool = False,
-        max_inflight_rpcs: int | None = None,
+        settings: ServerSettings,
         reloader: Callable[[], LogitModel] | None = None,
-        security: Security = Security(),
     ) -> None:
-        security.check(host)  # before anything starts: a refused address leaves nothing behind
+        """Bound to its port, not yet started. Of ``settings`` it reads the address, the gRPC limits,
+        ``metrics_port``, ``reuse_port`` and ``security`` (the rest configures ``dataplane``)."""
+        security = settings.security
+        security.check(settings.host)  # before anything starts: a refused address leaves nothing behind
         credentials = security.server_credentials()
         self._tokens = security.tokens()
         self.dataplane = dataplane
         self._reloader = reloader
-        self.host = host
-        self._metrics_port = metrics_port
+        self.host = settings.host
+        self._metrics_port = settings.metrics_port
         self._metrics_httpd: WSGIServer | None = None
         self._stop_lock = threading.Lock()
         self._stopping = False
@@ -92,26 +106,38 @@ class EdgeServer:
         self._reload_lock = threading.Lock()
         self._health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-health")
         self._health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self._health_pool)
-        pool = CountingPool(max_workers=max_workers, thread_name_prefix="edgekit-grpc")
-        self._server = grpc.server(
+        self._server = self._grpc_server(settings)
+        self._add_services()
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self._listen(_hostport(settings.host, settings.port), credentials)
+
+    def _grpc_server(self, settings: ServerSettings) -> grpc.Server:
+        pool = CountingPool(max_workers=settings.max_workers, thread_name_prefix="edgekit-grpc")
+        max_inflight_rpcs = settings.max_inflight_rpcs
+        return grpc.server(
             pool,
             interceptors=[
-                *([AuthInterceptor(self._tokens, health_open=security.health_open)] if self._tokens else []),
+                *([AuthInterceptor(self._tokens, health_open=settings.security.health_open)] if self._tokens else []),
                 # RPCs running or waiting for a worker thread are bounded (else they would queue in
                 # the pool without limit); beyond, RESOURCE_EXHAUSTED at once, counted in /metrics
                 ErrorInterceptor(admission=None if max_inflight_rpcs is None else
-                                 Admission(pool, max_inflight_rpcs, dataplane.count_refusal)),
+                                 Admission(pool, max_inflight_rpcs, self.dataplane.count_refusal)),
             ],
             options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
                 # a second server on a busy port must fail, not share it; only `serve --workers`
                 # processes (runtime.workers) share one on purpose
-                ("grpc.so_reuseport", 1 if reuse_port else 0),
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             ],
         )
-        edgekit_pb2_grpc.add_EdgeClassifierServicer_to_server(EdgeClassifierServicer(dataplane), self._server)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), self._server)
+
+    def _add_services(self) -> None:
+        """Both classify APIs, the admin API (refusing unless tokens are checked), health, reflection."""
+        edgekit_pb2_grpc.add_EdgeClassifierServicer_to_server(EdgeClassifierServicer(self.dataplane), self._server)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane), self._server
+        )
         edgekit_pb2_grpc.add_EdgeAdminServicer_to_server(
             AdminServicer(self.reload, enabled=self._tokens is not None), self._server
         )
@@ -119,15 +145,15 @@ class EdgeServer:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _listen(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        """Bind ``address``; the port bound (the real one, also when 0 was asked for)."""
         try:
-            address = _hostport(host, port)
             if credentials is None:
-                self.port = self._server.add_insecure_port(address)
-            else:
-                self.port = self._server.add_secure_port(address, credentials)
+                return self._server.add_insecure_port(address)
+            return self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {_hostport(host, port)}: {exc}").with_hint(
+            raise ConfigError(f"cannot listen on {address}: {exc}").with_hint(
                 "is another server using the port?"
             ) from exc
 
@@ -268,24 +294,6 @@ class EdgeServer:
         self.stop()
 
 
-@dataclass(frozen=True)
-class ServerSettings:
-    """How ``edgekit serve`` serves: address, engine-facing policies and gRPC limits."""
-
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: the OS picks one (read server.port)
-    cascade: CascadeSettings = field(default_factory=CascadeSettings)
-    batching: BatchSettings = field(default_factory=BatchSettings)
-    limits: Limits = field(default_factory=Limits)
-    metrics_port: int | None = None  # Prometheus over HTTP on the same host (0: any port)
-    max_workers: int = 16
-    max_inflight_rpcs: int | None = 128  # RPCs running or waiting for a thread (None: unbounded)
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    warmup_texts: Sequence[str] = WARMUP_TEXTS
-    reuse_port: bool = False  # SO_REUSEPORT: set for the processes of `serve --workers N` only
-    security: Security = field(default_factory=Security)  # TLS, mutual TLS, bearer tokens
-
-
 def build_server(model: LogitModel, settings: ServerSettings | None = None, *, cloud: CloudClient | None = None,
                  reloader: Callable[[], LogitModel] | None = None, **overrides) -> EdgeServer:
     """Serve ``model`` (falling back to ``cloud``); returns the started, ready server.
@@ -302,10 +310,7 @@ def build_server(model: LogitModel, settings: ServerSettings | None = None, *, c
     dataplane = DataPlane(model, cloud=cloud, cascade=settings.cascade, batching=settings.batching,
                           limits=settings.limits, warmup_texts=settings.warmup_texts)
     try:
-        server = EdgeServer(dataplane, host=settings.host, port=settings.port, max_workers=settings.max_workers,
-                            max_message_bytes=settings.max_message_bytes, metrics_port=settings.metrics_port,
-                            reuse_port=settings.reuse_port, max_inflight_rpcs=settings.max_inflight_rpcs,
-                            reloader=reloader, security=settings.security)
+        server = EdgeServer(dataplane, settings=settings, reloader=reloader)
     except BaseException:
         dataplane.close()
         raise

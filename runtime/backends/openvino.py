@@ -26,6 +26,8 @@ INPUT_NAMES = MODEL_INPUTS
 MODEL_SUFFIXES = (".xml", ".onnx")
 
 
+# Same opening as OnnxRuntimeBackend on purpose: every engine module spells out the Backend
+# attributes and imports its own library lazily with the install hint (one module per engine, same shape).
 class OpenVinoBackend:
     name = "openvino"
     buckets: tuple[int, ...] = ()

@@ -4,19 +4,33 @@
 Protocol v2 that KServe and Triton speak) with their generated code (``regenerate.sh``),
 and the thin servicers in :mod:`edgekit.runtime.grpc.servicers`.
 
-The two helpers below are the OIP v2 wire format of BYTES tensors in
+The two BYTES helpers below are the OIP v2 wire format of BYTES tensors in
 ``raw_input_contents``/``raw_output_contents`` (each element: its length as a 4-byte
 little-endian unsigned integer, then its bytes). Both the v2 servicer and the KServe cloud
-client need them, so they live here rather than in either.
+client need them, so they live here rather than in either; so do the two directions of the
+``ModelInfo`` ↔ ``edgekit.v1.ModelInfoResponse`` mapping, which the servicer and
+:class:`~edgekit.runtime.client.EdgeClient` share.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["decode_bytes_tensor", "encode_bytes_tensor", "refusing_handler"]
+from edgekit.runtime.types import ModelInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgekit.runtime.grpc import edgekit_pb2
+
+__all__ = [
+    "decode_bytes_tensor",
+    "encode_bytes_tensor",
+    "model_info_from_pb",
+    "model_info_to_pb",
+    "refusing_handler",
+]
 
 _LENGTH = struct.Struct("<I")
 
@@ -57,3 +71,28 @@ def refusing_handler(handler: Any, code: Any, details: str) -> Any:
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(refuse)
     return grpc.stream_stream_rpc_method_handler(refuse)
+
+
+# ModelInfo fields that edgekit.v1.ModelInfoResponse carries under the same name and type;
+# labels (tuple ↔ repeated) and summary (dict ↔ summary_json) are converted by hand.
+_MODEL_INFO_FIELDS = ("name", "version", "format", "precision", "backend", "max_length", "temperature", "threshold")
+
+
+def model_info_to_pb(info: ModelInfo) -> edgekit_pb2.ModelInfoResponse:
+    """What GetModelInfo and Reload answer."""
+    from edgekit.runtime.grpc import edgekit_pb2
+
+    return edgekit_pb2.ModelInfoResponse(
+        **{name: getattr(info, name) for name in _MODEL_INFO_FIELDS},
+        labels=list(info.labels),
+        summary_json=json.dumps(info.summary, sort_keys=True),
+    )
+
+
+def model_info_from_pb(response: edgekit_pb2.ModelInfoResponse) -> ModelInfo:
+    """The inverse of :func:`model_info_to_pb` (an empty ``summary_json`` is an empty summary)."""
+    return ModelInfo(
+        **{name: getattr(response, name) for name in _MODEL_INFO_FIELDS},
+        labels=tuple(response.labels),
+        summary=json.loads(response.summary_json) if response.summary_json else {},
+    )

@@ -33,7 +33,7 @@ import numpy as np
 from edgekit import __version__
 from edgekit.errors import DeadlineExceeded, EdgekitError, InvalidInput, Overloaded
 from edgekit.runtime.dataplane import make_options
-from edgekit.runtime.grpc import decode_bytes_tensor, encode_bytes_tensor, refusing_handler
+from edgekit.runtime.grpc import decode_bytes_tensor, encode_bytes_tensor, model_info_to_pb, refusing_handler
 from edgekit.runtime.grpc import edgekit_pb2 as ek
 from edgekit.runtime.grpc import edgekit_pb2_grpc as ek_grpc
 from edgekit.runtime.grpc import grpc_predict_v2_pb2 as v2
@@ -80,7 +80,7 @@ class EdgeClassifierServicer(ek_grpc.EdgeClassifierServicer):
             yield self._classify(request, context)
 
     def GetModelInfo(self, request: ek.GetModelInfoRequest, context: grpc.ServicerContext) -> ek.ModelInfoResponse:
-        return _model_info_pb(self._dataplane.model_info())
+        return model_info_to_pb(self._dataplane.model_info())
 
     def _classify(self, request: ek.ClassifyRequest, context: grpc.ServicerContext) -> ek.ClassifyResponse:
         options = make_options(
@@ -105,22 +105,7 @@ class AdminServicer(ek_grpc.EdgeAdminServicer):
         if not self._enabled:
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           "the admin API is off: start the server with --auth-token-file (or reload it with SIGHUP)")
-        return _model_info_pb(self._reload())
-
-
-def _model_info_pb(info: ModelInfo) -> ek.ModelInfoResponse:
-    return ek.ModelInfoResponse(
-        name=info.name,
-        version=info.version,
-        format=info.format,
-        precision=info.precision,
-        backend=info.backend,
-        labels=list(info.labels),
-        max_length=info.max_length,
-        temperature=info.temperature,
-        threshold=info.threshold,
-        summary_json=json.dumps(info.summary, sort_keys=True),
-    )
+        return model_info_to_pb(self._reload())
 
 
 def _prediction_pb(p: Prediction) -> ek.Prediction:
