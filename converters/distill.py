@@ -320,61 +320,56 @@ def _kd_loss(alpha: float, T: float, hidden: float):
 def distill(student, tokenizer, transfer: TransferSet, val_texts, y_val, config: DistillConfig,
             teacher_temperature: float = 1.0) -> DistillResult:
     """Train ``student`` (a PooledClassifier, head already warm) on ``transfer``; best epoch restored."""
-    from edgekit.converters.training import (
-        TrainConfig,
-        encode,
-        epochs_for,
-        predict_logits,
-        seed_everything,
-        token_lengths,
-    )
+    from edgekit.converters.training import epochs_for, seed_everything, token_lengths, warm_start_train_config
     from edgekit.converters.training import train as run_training
 
     seed_everything(config.seed)
-    texts, targets = transfer.texts, transfer.targets
     t_logits = torch.from_numpy(transfer.teacher_logits / teacher_temperature)
     t_pooled = torch.from_numpy(transfer.teacher_pooled) if transfer.teacher_pooled is not None else None
     hidden = config.hidden_weight if t_pooled is not None else 0.0
     module = _DistillModule(student, t_pooled.shape[1] if hidden else None)
-    epochs = config.epochs or epochs_for(len(texts), config.batch_size, min_steps=config.min_steps,
+    epochs = config.epochs or epochs_for(len(transfer.texts), config.batch_size, min_steps=config.min_steps,
                                          max_epochs=config.max_epochs)
-
-    def collate(idx):
-        batch = encode(tokenizer, [texts[i] for i in idx], config.max_length)
-        batch["labels"] = torch.tensor([targets[i] for i in idx])
-        batch["t_logits"] = t_logits[idx]
-        if hidden:
-            batch["t_pooled"] = t_pooled[idx]
-        return batch
-
-    loss_fn = _kd_loss(config.alpha, config.temperature, hidden)
-
-    y_val = np.asarray(y_val)
-
-    def evaluate(m) -> float:
-        logits = predict_logits(m.student, tokenizer, val_texts, max_length=config.max_length)
-        return float((logits.argmax(-1) == y_val).mean())
-
     result = run_training(
         module,
-        list(range(len(texts))),
-        collate,
-        loss_fn,
-        evaluate,
-        TrainConfig(
-            epochs=epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            head_learning_rate=config.head_learning_rate or 5 * config.learning_rate,
-            patience=config.patience,
-            evaluate_start=True,
-            seed=config.seed,
-            progress=config.progress,
-            mixed_precision=config.mixed_precision,
-        ),
-        lengths=token_lengths(tokenizer, texts, config.max_length),
+        list(range(len(transfer.texts))),
+        _collate(tokenizer, transfer, t_logits, t_pooled if hidden else None, config.max_length),
+        _kd_loss(config.alpha, config.temperature, hidden),
+        _validation_accuracy(tokenizer, val_texts, y_val, config.max_length),
+        warm_start_train_config(config, epochs=epochs, mixed_precision=config.mixed_precision),
+        lengths=token_lengths(tokenizer, transfer.texts, config.max_length),
         description="distill",
     )
     student = module.student.eval()
     return DistillResult(student, tokenizer, result.best_score, result.best_epoch, epochs, teacher_temperature,
                          result.history)
+
+
+def _collate(tokenizer, transfer: TransferSet, t_logits: torch.Tensor, t_pooled: torch.Tensor | None,
+             max_length: int) -> Callable[[list[int]], dict]:
+    """Indices of the transfer set → a batch: tokens, labels (-100: KD only), the teacher's outputs."""
+    from edgekit.converters.training import encode
+
+    texts, targets = transfer.texts, transfer.targets
+
+    def collate(idx: list[int]) -> dict:
+        batch = encode(tokenizer, [texts[i] for i in idx], max_length)
+        batch["labels"] = torch.tensor([targets[i] for i in idx])
+        batch["t_logits"] = t_logits[idx]
+        if t_pooled is not None:
+            batch["t_pooled"] = t_pooled[idx]
+        return batch
+
+    return collate
+
+
+def _validation_accuracy(tokenizer, val_texts, y_val, max_length: int) -> Callable[[_DistillModule], float]:
+    from edgekit.converters.training import predict_logits
+
+    y_val = np.asarray(y_val)
+
+    def evaluate(m: _DistillModule) -> float:
+        logits = predict_logits(m.student, tokenizer, val_texts, max_length=max_length)
+        return float((logits.argmax(-1) == y_val).mean())
+
+    return evaluate

@@ -81,17 +81,13 @@ def warm_start_head(model, tokenizer, train_texts, y_train, val_texts, y_val, *,
 
 
 def finetune(config: FinetuneConfig) -> FinetuneResult:
-    import torch
-
     from edgekit.converters.pretrained import resolve_base
     from edgekit.converters.training import (
-        TrainConfig,
-        encode,
-        predict_logits,
         resolve_mixed_precision,
         seed_everything,
         token_lengths,
         train,
+        warm_start_train_config,
     )
 
     train_ds, val_ds, _ = load_splits(
@@ -108,9 +104,32 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         probe_accuracy = warm_start_head(model, tokenizer, train_ds.texts, y_train, val_ds.texts, y_val,
                                          max_length=config.max_length)
         log.info("linear probe on the frozen base: validation accuracy %.4f", probe_accuracy)
+    collate, loss_fn, evaluate = _steps(tokenizer, config.max_length, val_ds.texts, y_val)
+    result = train(
+        model,
+        list(zip(train_ds.texts, y_train)),
+        collate,
+        loss_fn,
+        evaluate,
+        warm_start_train_config(config, epochs=config.epochs,
+                                mixed_precision=resolve_mixed_precision(config.mixed_precision)),
+        lengths=token_lengths(tokenizer, train_ds.texts, config.max_length),
+        description="finetune",
+    )
+    record = _record(config, base_dir, model.pooling, labels, probe_accuracy, result, train_ds, val_ds)
+    out = Path(config.out)
+    _write_model_dir(model, tokenizer, record, out)
+    return FinetuneResult(out, result.best_score, labels, result.best_epoch, probe_accuracy)
+
+
+def _steps(tokenizer, max_length: int, val_texts, y_val):
+    """The batch builder, the loss (cross-entropy on the labels) and the validation accuracy."""
+    import torch
+
+    from edgekit.converters.training import encode, predict_logits
 
     def collate(items: list[tuple[str, int]]) -> dict:
-        batch = encode(tokenizer, [t for t, _ in items], config.max_length)
+        batch = encode(tokenizer, [t for t, _ in items], max_length)
         batch["labels"] = torch.tensor([y for _, y in items])
         return batch
 
@@ -118,35 +137,10 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         return m(**batch).loss
 
     def evaluate(m) -> float:
-        logits = predict_logits(m, tokenizer, val_ds.texts, max_length=config.max_length)
+        logits = predict_logits(m, tokenizer, val_texts, max_length=max_length)
         return float((logits.argmax(-1) == y_val).mean())
 
-    examples = list(zip(train_ds.texts, y_train))
-    result = train(
-        model,
-        examples,
-        collate,
-        loss_fn,
-        evaluate,
-        TrainConfig(
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            head_learning_rate=config.head_learning_rate or 5 * config.learning_rate,
-            patience=config.patience,
-            evaluate_start=True,
-            seed=config.seed,
-            progress=config.progress,
-            mixed_precision=resolve_mixed_precision(config.mixed_precision),
-        ),
-        lengths=token_lengths(tokenizer, train_ds.texts, config.max_length),
-        description="finetune",
-    )
-
-    record = _record(config, base_dir, model.pooling, labels, probe_accuracy, result, train_ds, val_ds)
-    out = Path(config.out)
-    _write_model_dir(model, tokenizer, record, out)
-    return FinetuneResult(out, result.best_score, labels, result.best_epoch, probe_accuracy)
+    return collate, loss_fn, evaluate
 
 
 def _record(config: FinetuneConfig, base_dir: Path, pooling: str, labels: list[str], probe_accuracy, result,

@@ -33,6 +33,7 @@ __all__ = [
     "seed_everything",
     "token_lengths",
     "train",
+    "warm_start_train_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,23 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be >= 1 and learning_rate > 0")
+
+
+def warm_start_train_config(options, *, epochs: int, mixed_precision: str) -> TrainConfig:
+    """The TrainConfig of a model whose head starts warm (a probe): the start is scored as epoch 0,
+    the head learns at 5x the encoder's rate unless told. ``options``: a FinetuneConfig or a
+    DistillConfig (batch_size, learning_rate, head_learning_rate, patience, seed, progress)."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        head_learning_rate=options.head_learning_rate or 5 * options.learning_rate,
+        patience=options.patience,
+        evaluate_start=True,
+        seed=options.seed,
+        progress=options.progress,
+        mixed_precision=mixed_precision,
+    )
 
 
 def bf16_is_fast() -> bool:
