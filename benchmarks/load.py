@@ -55,16 +55,15 @@ def command(
     debug: bool,
 ) -> None:
     """Load-test the bundle in BUNDLE_DIR: raw backend, server without and with micro-batching."""
-    from edgekit.bench.load import format_load_markdown, run_load
+    from edgekit.bench.load import LoadConfig, format_load_markdown, run_load
     from edgekit.data import load_dataset
     from edgekit.log import setup_logging
 
     setup_logging(verbose)
     texts = load_dataset(test_file, text_field=text_field, label_field=None).texts
-    result = run_load(
-        bundle_dir, texts, clients=clients, seconds=seconds, backend=backend, threads=threads,
-        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, progress=progress,
-    )
+    config = LoadConfig(clients=clients, seconds=seconds, backend=backend, threads=threads,
+                        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, progress=progress)
+    result = run_load(bundle_dir, texts, config)
     table = format_load_markdown(result)
     click.echo(table, nl=False)
     if out_dir is not None:

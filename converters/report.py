@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from edgekit.manifest import atomic_write_text
+from edgekit.plots import pyplot, save_figure
 
 __all__ = ["write_report"]
 
@@ -101,11 +102,7 @@ def write_report(out: Path, rows: list[dict], candidates, teacher: dict, student
 
 
 def _plots(out: Path, rows: list[dict], written, teacher: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         marker = "*" if r["status"] == "teacher" else "o" if r["status"] == "written" else "x"
@@ -113,12 +110,8 @@ def _plots(out: Path, rows: list[dict], written, teacher: dict) -> None:
         ax.annotate(r["artifact"] if r["status"] != "teacher" else "teacher", (r["size_bytes"] / 1e6, r["accuracy"]),
                     fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("size (MB, log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy against size (o written, x rejected/not selected)")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_size.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, ax, out / "accuracy_vs_size.png", xlabel="size (MB, log scale)", ylabel="test accuracy",
+                title="accuracy against size (o written, x rejected/not selected)", dpi=110)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for c in written:
@@ -126,10 +119,6 @@ def _plots(out: Path, rows: list[dict], written, teacher: dict) -> None:
         ax.plot([p["cloud_rate"] for p in pts], [p["cascade_accuracy"] for p in pts], marker=".", label=c.name)
         ax.scatter([c.metrics["cloud_rate"]], [c.metrics["cascade_accuracy"]], marker="D", s=30)
     ax.axhline(teacher["accuracy"], linestyle="--", color="grey", label="teacher")
-    ax.set_xlabel("cloud rate (share of queries sent to the teacher)")
-    ax.set_ylabel("cascade accuracy (test)")
-    ax.set_title("edge + cloud cascade (diamond: chosen threshold)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "cascade.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, ax, out / "cascade.png", xlabel="cloud rate (share of queries sent to the teacher)",
+                ylabel="cascade accuracy (test)", title="edge + cloud cascade (diamond: chosen threshold)", dpi=110,
+                legend=True)

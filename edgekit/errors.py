@@ -58,6 +58,8 @@ class EdgekitError(Exception):
         return self.message if not self.hint else f"{self.message} ({self.hint})"
 
 
+# One class per row of the tree above, alike on purpose (an exit code and a gRPC status each): plain
+# class statements, not made in a loop, so that type checkers, ``except`` clauses and pickling see them.
 class ConfigError(EdgekitError):
     exit_code = 2
     grpc_status = "INVALID_ARGUMENT"

@@ -13,14 +13,19 @@ openvino, litert-torch) only inside its functions, so listing the formats stays 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-__all__ = ["ExportInputs", "ExportedArtifact", "Exporter"]
+from edgekit.errors import ConversionError
+
+__all__ = ["ExportInputs", "ExportedArtifact", "Exporter", "variant_entry"]
+
+_Entry = TypeVar("_Entry")  # what a format's variant table holds for each variant
+
 
 @dataclass(frozen=True)
 class ExportInputs:
@@ -54,3 +59,9 @@ class Exporter(Protocol):
 
     def export(self, inputs: ExportInputs, variant: str, out_dir: Path) -> ExportedArtifact: ...
 
+
+def variant_entry(variants: Mapping[str, _Entry], variant: str, format_name: str) -> _Entry:
+    """``variants[variant]``, the exporter's recipe for it; a ConversionError naming the known ones otherwise."""
+    if variant not in variants:
+        raise ConversionError(f"unknown {format_name} variant {variant!r} (known: {', '.join(variants)})")
+    return variants[variant]

@@ -9,7 +9,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from edgekit.converters.exporters.base import ExportedArtifact, ExportInputs
+from edgekit.converters.exporters.base import ExportedArtifact, ExportInputs, variant_entry
 
 from edgekit.errors import ConversionError
 from edgekit.registry import FORMATS, FormatSpec
@@ -104,11 +104,9 @@ class OnnxExporter:
         return list(_VARIANTS)
 
     def export(self, inputs: ExportInputs, variant: str, out_dir: Path) -> ExportedArtifact:
-        if variant not in _VARIANTS:
-            raise ConversionError(f"unknown ONNX variant {variant!r} (known: {', '.join(_VARIANTS)})")
+        options = variant_entry(_VARIANTS, variant, "ONNX")
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / MODEL_FILE
-        options = _VARIANTS[variant]
         details: dict = {"opset": OPSET}
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"

@@ -13,7 +13,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from edgekit.converters.exporters.base import ExportedArtifact, ExportInputs
+from edgekit.converters.exporters.base import ExportedArtifact, ExportInputs, variant_entry
 from edgekit.converters.exporters.onnx import OPSET, export_fp32
 
 from edgekit.errors import ConversionError, MissingDependencyError
@@ -72,13 +72,11 @@ class OpenVinoExporter:
         return list(_VARIANTS)
 
     def export(self, inputs: ExportInputs, variant: str, out_dir: Path) -> ExportedArtifact:
-        if variant not in _VARIANTS:
-            raise ConversionError(f"unknown OpenVINO variant {variant!r} (known: {', '.join(_VARIANTS)})")
+        precision, how = variant_entry(_VARIANTS, variant, "OpenVINO")
         try:
             import openvino as ov
         except ImportError as exc:
             raise MissingDependencyError("openvino", "convert", what="the OpenVINO export") from exc
-        precision, how = _VARIANTS[variant]
         out_dir.mkdir(parents=True, exist_ok=True)
         details: dict = {"source": "onnx", "opset": OPSET, "openvino": ov.__version__}
         with tempfile.TemporaryDirectory() as tmp:

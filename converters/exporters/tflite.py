@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from edgekit.converters.exporters.base import ExportedArtifact, ExportInputs
+from edgekit.converters.exporters.base import ExportedArtifact, ExportInputs, variant_entry
 
 from edgekit.errors import ConversionError, MissingDependencyError
 from edgekit.manifest import MODEL_INPUTS as INPUT_NAMES
@@ -46,6 +46,8 @@ _VARIANTS: dict[str, tuple[str, str | None]] = {
     "int8-weights": ("int8", "weight_only_wi8_afp32"),
     "int8-static": ("int8", "static_wi8_ai8"),
 }
+# The variant table and the spec are this format's own data, in the shape every exporter module has
+# (ARCHITECTURE.md, "add an export format"): alike on purpose, nothing to share.
 FORMAT = FORMATS.add_spec(FormatSpec(
     name="tflite", exporter="edgekit.converters.exporters.tflite:TfliteExporter", variants=tuple(_VARIANTS),
     demo_variants=("int8-dynamic",), requires=("litert_torch", "ai_edge_litert"), aliases=("litert",),
@@ -220,13 +222,11 @@ class TfliteExporter:
         return self._fp32[1]
 
     def export(self, inputs: ExportInputs, variant: str, out_dir: Path) -> ExportedArtifact:
-        if variant not in _VARIANTS:
-            raise ConversionError(f"unknown TFLite variant {variant!r} (known: {', '.join(_VARIANTS)})")
+        precision, recipe_name = variant_entry(_VARIANTS, variant, "TFLite")
         if not inputs.buckets:
             raise ConversionError("TFLite needs at least one sequence-length bucket (static shapes only)")
         if variant == "int8-static" and not inputs.calibration_texts:
             raise ConversionError("TFLite int8-static needs calibration texts (calibration_texts is empty)")
-        precision, recipe_name = _VARIANTS[variant]
         model = self._fp32_for(inputs)
         details: dict = {"converter": "litert-torch", "batch": BATCH,
                          "signatures": [signature_name(n) for n in inputs.buckets]}

@@ -41,8 +41,9 @@ from edgekit.errors import ConfigError, EdgekitError
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.batching import BatchSettings
     from edgekit.runtime.model import BundleModel
+    from edgekit.runtime.types import ModelInfo
 
-__all__ = ["MODES", "format_load_markdown", "run_load"]
+__all__ = ["LoadConfig", "MODES", "format_load_markdown", "run_load"]
 
 log = logging.getLogger(__name__)
 
@@ -173,18 +174,43 @@ def _serve_and_drive(
     return row
 
 
-def _check(texts: Sequence[str], clients: int, seconds: float, max_batch_size: int, max_wait_ms: float) -> None:
-    if isinstance(clients, bool) or not isinstance(clients, numbers.Integral) or clients < 1:
-        raise ConfigError(f"clients must be a whole number >= 1, got {clients!r}")
-    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds < math.inf:
-        raise ConfigError(f"seconds must be a finite number > 0, got {seconds!r}")
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, numbers.Integral) or max_batch_size < 2:
-        raise ConfigError(
-            f"max_batch_size must be >= 2 for the micro-batching row, got {max_batch_size!r} "
-            "(the no-batching row is always measured)"
-        )
-    if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, numbers.Real) or not 0 <= max_wait_ms < math.inf:
-        raise ConfigError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
+def _is_number(value: object, kind: type) -> bool:
+    """``value`` is a ``kind`` (numbers.Integral, numbers.Real) and not a bool."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """How :func:`run_load` drives a bundle: ``clients`` concurrent callers for ``seconds`` per mode,
+    the engine (``backend``, ``threads``), the micro-batching server's ``max_batch_size`` and
+    ``max_wait_ms``, and a progress bar. Raises :class:`~edgekit.errors.ConfigError` on bad values."""
+
+    clients: int = 8
+    seconds: float = 10.0
+    backend: str = "auto"
+    threads: int | None = None
+    max_batch_size: int = 8
+    max_wait_ms: float = 0.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.clients, numbers.Integral) or self.clients < 1:
+            raise ConfigError(f"clients must be a whole number >= 1, got {self.clients!r}")
+        if not _is_number(self.seconds, numbers.Real) or not 0 < self.seconds < math.inf:
+            raise ConfigError(f"seconds must be a finite number > 0, got {self.seconds!r}")
+        if not _is_number(self.max_batch_size, numbers.Integral) or self.max_batch_size < 2:
+            raise ConfigError(
+                f"max_batch_size must be >= 2 for the micro-batching row, got {self.max_batch_size!r} "
+                "(the no-batching row is always measured)"
+            )
+        if not _is_number(self.max_wait_ms, numbers.Real) or not 0 <= self.max_wait_ms < math.inf:
+            raise ConfigError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms!r}")
+        # plain numbers in the JSON (numpy scalars are accepted)
+        for name, plain in (("clients", int), ("seconds", float), ("max_batch_size", int), ("max_wait_ms", float)):
+            object.__setattr__(self, name, plain(getattr(self, name)))
+
+
+def _check_texts(texts: Sequence[str]) -> None:
     if isinstance(texts, str):
         raise ConfigError("texts must be a list of texts, got a single string")
     if not texts:
@@ -206,38 +232,38 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="phase", desc="load", leave=False)
 
 
-def run_load(
-    bundle_dir: str | Path,
-    texts: Sequence[str],
-    *,
-    clients: int = 8,
-    seconds: float = 10.0,
-    backend: str = "auto",
-    threads: int | None = None,
-    max_batch_size: int = 8,
-    max_wait_ms: float = 0.0,
-    progress: bool = True,
-) -> dict[str, Any]:
+def run_load(bundle_dir: str | Path, texts: Sequence[str], config: LoadConfig | None = None) -> dict[str, Any]:
     """Load-test the bundle in ``bundle_dir``: the raw backend, then a server without and with
-    micro-batching, each for ``seconds`` with ``clients`` concurrent callers (see the module doc).
+    micro-batching, each for ``config.seconds`` with ``config.clients`` concurrent callers (see the
+    module doc; ``config`` defaults to ``LoadConfig()``).
 
     Returns a JSON-able dict: ``device``, ``bundle``, the settings, ``rows`` (one per mode, in
     :data:`MODES` order) and ``ratios`` (each row's throughput over the single-caller raw
-    backend's). Raises :class:`~edgekit.errors.ConfigError` on bad arguments before loading anything.
+    backend's). Raises :class:`~edgekit.errors.ConfigError` on bad texts before loading anything.
     """
-    from edgekit.device import device_record
     from edgekit.runtime.batching import BatchSettings
+
+    config = LoadConfig() if config is None else config
+    _check_texts(texts)
+    texts = list(texts)
+    servers = {
+        NO_BATCHING: BatchSettings(max_batch_size=1),
+        MICRO_BATCHING: BatchSettings(max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms),
+    }
+    bundle_dir = Path(bundle_dir)
+    info, rows = _measure(bundle_dir, texts, config, servers)
+    return _result(bundle_dir, texts, config, info, rows)
+
+
+def _measure(
+    bundle_dir: Path, texts: list[str], config: LoadConfig, servers: dict[str, BatchSettings]
+) -> tuple[ModelInfo, list[dict[str, Any]]]:
+    """Every mode in :data:`MODES` order (the concurrent raw row only for several clients): the
+    bundle's info and one row per mode. ``servers``: the batching of each server mode."""
     from edgekit.runtime.model import load_bundle_model
 
-    _check(texts, clients, seconds, max_batch_size, max_wait_ms)
-    texts = list(texts)
-    clients, seconds = int(clients), float(seconds)  # plain numbers in the JSON (numpy scalars are accepted)
-    max_batch_size, max_wait_ms = int(max_batch_size), float(max_wait_ms)
-    no_batching = BatchSettings(max_batch_size=1)
-    micro = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
-    bundle_dir = Path(bundle_dir)
-
-    phases = [RAW, *([RAW_CONCURRENT] if clients > 1 else []), NO_BATCHING, MICRO_BATCHING]
+    clients, seconds = config.clients, config.seconds
+    phases = [RAW, *([RAW_CONCURRENT] if clients > 1 else []), *servers]
     bar = None  # started once the bundle has loaded
     rows: list[dict[str, Any]] = []
 
@@ -250,8 +276,8 @@ def run_load(
             bar.update()
 
     try:
-        model = load_bundle_model(bundle_dir, backend, threads)  # verifies checksums once
-        bar = _progress(len(phases), progress)
+        model = load_bundle_model(bundle_dir, config.backend, config.threads)  # verifies checksums once
+        bar = _progress(len(phases), config.progress)
         try:
             info = model.info
             model.logits(texts[:1])  # the first call allocates and picks kernels
@@ -261,12 +287,19 @@ def run_load(
         finally:
             model.close()
         # build_server owns its model and closes it on stop(): a fresh one per server
-        for mode, batching in ((NO_BATCHING, no_batching), (MICRO_BATCHING, micro)):
-            fresh = load_bundle_model(bundle_dir, backend, threads, verify=False)
+        for mode, batching in servers.items():
+            fresh = load_bundle_model(bundle_dir, config.backend, config.threads, verify=False)
             phase(mode, lambda: _serve_and_drive(fresh, batching, texts, clients, seconds))
     finally:
         if bar is not None:
             bar.close()
+    return info, rows
+
+
+def _result(
+    bundle_dir: Path, texts: list[str], config: LoadConfig, info: ModelInfo, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    from edgekit.device import device_record
 
     raw_rps = rows[0]["throughput_rps"]
     return {
@@ -279,11 +312,11 @@ def run_load(
             "precision": info.precision,
             "backend": info.backend,
         },
-        "clients": clients,
-        "seconds": seconds,
-        "threads": threads,
+        "clients": config.clients,
+        "seconds": config.seconds,
+        "threads": config.threads,
         "texts": len(texts),
-        "batching": {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
+        "batching": {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms},
         "load_generator": "client threads in the server's process (sharing its interpreter lock and cores)",
         "rows": rows,
         "ratios": {

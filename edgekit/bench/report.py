@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from edgekit.manifest import atomic_write_text
+from edgekit.plots import pyplot, save_figure
 
 __all__ = ["TARGETS", "targets", "write_results"]
 
@@ -48,34 +49,60 @@ def targets(result: dict) -> dict | None:
     if not teacher or not edge:
         return None
     teacher = teacher[0]
+    best = _best_edge(edge, teacher)
+    out = {"threads": threads, "batch": batch, "best": best["artifact"], **_against_teacher(best, teacher)}
+    baseline = _pick(rows, "optimum-baseline", threads, batch)
+    if baseline:
+        out.update(_against_baseline(best, baseline[0], teacher))
+    out["met"] = _met(out)
+    # A teacher less accurate than the edge bundle makes "drop vs the teacher" flattering (a bundle
+    # may pass while below the best student) and a cascade to it can lose accuracy: say so.
+    out["teacher_below_best_edge_points"] = max(0.0, (max(r["accuracy"] for r in edge) - teacher["accuracy"]) * 100)
+    if best.get("cascade_accuracy_at_10pct_cloud") is not None:
+        out["cascade_gain_points_at_10pct_cloud"] = (best["cascade_accuracy_at_10pct_cloud"] - best["accuracy"]) * 100
+    return out
+
+
+def _best_edge(edge: list[dict], teacher: dict) -> dict:
+    """The fastest edge row within the accuracy target, else the fastest within ``NEAR_BEST`` of the top."""
     limit = teacher["accuracy"] - TARGETS["max_accuracy_drop_points"] / 100
     passing = [r for r in edge if r["accuracy"] >= limit - 1e-12]
     if not passing:
         top = max(r["accuracy"] for r in edge)
         passing = [r for r in edge if r["accuracy"] >= top - NEAR_BEST - 1e-12]
-    best = min(passing, key=lambda r: r["latency_ms_p50"])
+    return min(passing, key=lambda r: r["latency_ms_p50"])
+
+
+def _against_teacher(best: dict, teacher: dict) -> dict:
     out = {
-        "threads": threads,
-        "batch": batch,
-        "best": best["artifact"],
         "speedup_vs_teacher": teacher["latency_ms_p50"] / best["latency_ms_p50"],
         "size_fraction_of_teacher": best["size_bytes"] / teacher["size_bytes"],
         "accuracy_drop_points": (teacher["accuracy"] - best["accuracy"]) * 100,
     }
     if best.get("cascade_accuracy_at_10pct_cloud") is not None:
         out["cascade_drop_points_at_10pct_cloud"] = (teacher["accuracy"] - best["cascade_accuracy_at_10pct_cloud"]) * 100
-    baseline = _pick(rows, "optimum-baseline", threads, batch)
-    if baseline:
-        out["speedup_vs_baseline"] = baseline[0]["latency_ms_p50"] / best["latency_ms_p50"]
-        out["baseline_accuracy_drop_points"] = (teacher["accuracy"] - baseline[0]["accuracy"]) * 100
-        out["baseline_valid"] = out["baseline_accuracy_drop_points"] <= BASELINE_MAX_DROP_POINTS
+    return out
+
+
+def _against_baseline(best: dict, baseline: dict, teacher: dict) -> dict:
+    drop = (teacher["accuracy"] - baseline["accuracy"]) * 100
+    return {
+        "speedup_vs_baseline": baseline["latency_ms_p50"] / best["latency_ms_p50"],
+        "baseline_accuracy_drop_points": drop,
+        "baseline_valid": drop <= BASELINE_MAX_DROP_POINTS,
+    }
+
+
+def _met(out: dict) -> dict[str, bool | None]:
+    """Each target met (True), missed (False) or not measured (None), from ``targets``' figures."""
+
     def at_least(key, goal):
         return None if out.get(key) is None else out[key] >= goal
 
     def at_most(key, goal):
         return None if out.get(key) is None else out[key] <= goal + 1e-9
 
-    met = {
+    return {
         "speedup_vs_teacher": at_least("speedup_vs_teacher", TARGETS["speedup_vs_teacher"]),
         "speedup_vs_baseline": at_least("speedup_vs_baseline", TARGETS["speedup_vs_baseline"])
         if out.get("baseline_valid", True) else None,
@@ -85,13 +112,6 @@ def targets(result: dict) -> dict | None:
             "cascade_drop_points_at_10pct_cloud", TARGETS["max_cascade_drop_points_at_10pct_cloud"]
         ),
     }
-    out["met"] = met
-    # A teacher less accurate than the edge bundle makes "drop vs the teacher" flattering (a bundle
-    # may pass while below the best student) and a cascade to it can lose accuracy: say so.
-    out["teacher_below_best_edge_points"] = max(0.0, (max(r["accuracy"] for r in edge) - teacher["accuracy"]) * 100)
-    if best.get("cascade_accuracy_at_10pct_cloud") is not None:
-        out["cascade_gain_points_at_10pct_cloud"] = (best["cascade_accuracy_at_10pct_cloud"] - best["accuracy"]) * 100
-    return out
 
 
 def drop_words(points: float) -> str:
@@ -103,9 +123,32 @@ def _fmt(value, spec: str = ".4f", none: str = "–") -> str:
     return none if value is None else format(value, spec)
 
 
+_TABLE_NOTE = (
+    "Latency is per call (tokenize + infer) at the given batch size; texts/s = texts timed / total call time. "
+    "Cold start = imports + load + first answer in a fresh process; peak RSS includes the interpreter and "
+    "libraries. ECE on the bundle's calibrated probabilities (temperature from its manifest). Cascade: the "
+    "edge answers above the bundle's threshold, the teacher below; '@10% cloud' lets the edge answer its "
+    "90% most confident texts."
+)
+
+
 def _markdown(result: dict, verdict: dict | None, plots: list[str]) -> str:
+    lines = _header_lines(result)
+    lines += [_row_line(r) for r in result["rows"]]
+    lines += ["", _TABLE_NOTE, ""]
+    if verdict is not None:
+        lines += _target_lines(verdict)
+    for note in result.get("notes", []):
+        lines.append(f"- {note}")
+    if plots:
+        lines += [""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _header_lines(result: dict) -> list[str]:
+    """Title, test set, device (and an emulation warning), and the head of the rows' table."""
     d = result["device"]
-    lines = [
+    return [
         "# edgekit bench results",
         "",
         f"Date {result['date']}. Test set `{result['test']['path']}` ({result['test']['texts']} texts; latency on the "
@@ -122,64 +165,60 @@ def _markdown(result: dict, verdict: dict | None, plots: list[str]) -> str:
         "| threshold | cloud % | cloud calls /1k | cascade acc | cascade acc @10% cloud |",
         "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in result["rows"]:
+
+
+def _row_line(r: dict) -> str:
+    return (
+        f"| {r['artifact']} | {r['kind']} | {r['format']} | {r['precision']} | {r['backend']} "
+        f"| {r['size_bytes'] / 1e6:.1f} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | {_fmt(r['agreement'])} "
+        f"| {_fmt(r['ece'], '.3f')} | {r['threads']} | {r['batch']} | {r['latency_ms_p50']:.2f} "
+        f"| {r['latency_ms_p95']:.2f} | {r['latency_ms_p99']:.2f} | {r['throughput_per_s']:.0f} "
+        f"| {_fmt(r['cold_start_ms'], '.0f')} | {_fmt(r['peak_rss_mb'], '.0f')} | {_fmt(r.get('threshold'), '.3f')} "
+        f"| {_fmt(None if r.get('cloud_rate') is None else r['cloud_rate'] * 100, '.1f')} "
+        f"| {_fmt(r.get('cloud_calls_per_1000'), '.0f')} | {_fmt(r.get('cascade_accuracy'))} "
+        f"| {_fmt(r.get('cascade_accuracy_at_10pct_cloud'))} |"
+    )
+
+
+def _target_lines(verdict: dict) -> list[str]:
+    """The targets' table (goal, measured, met) and a word when the teacher is the weaker model."""
+    met = verdict["met"]
+
+    def mark(key):
+        return {True: "met", False: "**missed**", None: "n/a"}[met[key]]
+
+    baseline_mark = (
+        mark("speedup_vs_baseline") if verdict.get("baseline_valid", True)
+        else f"n/a: the baseline is invalid ({verdict['baseline_accuracy_drop_points']:.1f} points below the teacher)"
+    )
+    lines = [
+        f"## Targets (threads {verdict['threads']}, batch {verdict['batch']}; best edge bundle: `{verdict['best']}`)",
+        "",
+        "| target | goal | measured | |",
+        "|---|---|---|---|",
+        f"| speed-up vs teacher (torch fp32) | ≥ 30× | {verdict['speedup_vs_teacher']:.1f}× | {mark('speedup_vs_teacher')} |",
+        f"| speed-up vs Optimum baseline | ≥ 5× | {_fmt(verdict.get('speedup_vs_baseline'), '.1f')}× | {baseline_mark} |",
+        f"| size vs teacher | ≤ 1/30 | 1/{1 / verdict['size_fraction_of_teacher']:.0f} | {mark('size_fraction_of_teacher')} |",
+        f"| accuracy drop | ≤ 1.0 point | {verdict['accuracy_drop_points']:.2f} | {mark('max_accuracy_drop_points')} |",
+        f"| cascade drop at ≤ 10% cloud | ≤ 0.3 point | {_fmt(verdict.get('cascade_drop_points_at_10pct_cloud'), '.2f')} "
+        f"| {mark('max_cascade_drop_points_at_10pct_cloud')} |",
+        "",
+        "Drops are in points of accuracy against the teacher (negative: above it).",
+    ]
+    if verdict.get("teacher_below_best_edge_points", 0) > 0:
+        gain = verdict.get("cascade_gain_points_at_10pct_cloud")
         lines.append(
-            f"| {r['artifact']} | {r['kind']} | {r['format']} | {r['precision']} | {r['backend']} "
-            f"| {r['size_bytes'] / 1e6:.1f} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | {_fmt(r['agreement'])} "
-            f"| {_fmt(r['ece'], '.3f')} | {r['threads']} | {r['batch']} | {r['latency_ms_p50']:.2f} "
-            f"| {r['latency_ms_p95']:.2f} | {r['latency_ms_p99']:.2f} | {r['throughput_per_s']:.0f} "
-            f"| {_fmt(r['cold_start_ms'], '.0f')} | {_fmt(r['peak_rss_mb'], '.0f')} | {_fmt(r.get('threshold'), '.3f')} "
-            f"| {_fmt(None if r.get('cloud_rate') is None else r['cloud_rate'] * 100, '.1f')} "
-            f"| {_fmt(r.get('cloud_calls_per_1000'), '.0f')} | {_fmt(r.get('cascade_accuracy'))} "
-            f"| {_fmt(r.get('cascade_accuracy_at_10pct_cloud'))} |"
+            f"The teacher is {verdict['teacher_below_best_edge_points']:.2f} points less accurate than the best "
+            "edge bundle here, so the drop targets are easy to meet; at 10% cloud the cascade changes "
+            f"`{verdict['best']}`'s accuracy by {_fmt(gain, '+.2f')} points."
         )
-    lines += ["", "Latency is per call (tokenize + infer) at the given batch size; texts/s = texts timed / total call time. "
-              "Cold start = imports + load + first answer in a fresh process; peak RSS includes the interpreter and "
-              "libraries. ECE on the bundle's calibrated probabilities (temperature from its manifest). Cascade: the "
-              "edge answers above the bundle's threshold, the teacher below; '@10% cloud' lets the edge answer its "
-              "90% most confident texts.", ""]
-    if verdict is not None:
-        met = verdict["met"]
-
-        def mark(key):
-            return {True: "met", False: "**missed**", None: "n/a"}[met[key]]
-
-        lines += [
-            f"## Targets (threads {verdict['threads']}, batch {verdict['batch']}; best edge bundle: `{verdict['best']}`)",
-            "",
-            "| target | goal | measured | |",
-            "|---|---|---|---|",
-            f"| speed-up vs teacher (torch fp32) | ≥ 30× | {verdict['speedup_vs_teacher']:.1f}× | {mark('speedup_vs_teacher')} |",
-            f"| speed-up vs Optimum baseline | ≥ 5× | {_fmt(verdict.get('speedup_vs_baseline'), '.1f')}× "
-            f"| {mark('speedup_vs_baseline') if verdict.get('baseline_valid', True) else 'n/a: the baseline is invalid (' + format(verdict['baseline_accuracy_drop_points'], '.1f') + ' points below the teacher)'} |",
-            f"| size vs teacher | ≤ 1/30 | 1/{1 / verdict['size_fraction_of_teacher']:.0f} | {mark('size_fraction_of_teacher')} |",
-            f"| accuracy drop | ≤ 1.0 point | {verdict['accuracy_drop_points']:.2f} | {mark('max_accuracy_drop_points')} |",
-            f"| cascade drop at ≤ 10% cloud | ≤ 0.3 point | {_fmt(verdict.get('cascade_drop_points_at_10pct_cloud'), '.2f')} "
-            f"| {mark('max_cascade_drop_points_at_10pct_cloud')} |",
-            "",
-            "Drops are in points of accuracy against the teacher (negative: above it).",
-        ]
-        if verdict.get("teacher_below_best_edge_points", 0) > 0:
-            gain = verdict.get("cascade_gain_points_at_10pct_cloud")
-            lines.append(
-                f"The teacher is {verdict['teacher_below_best_edge_points']:.2f} points less accurate than the best "
-                "edge bundle here, so the drop targets are easy to meet; at 10% cloud the cascade changes "
-                f"`{verdict['best']}`'s accuracy by {_fmt(gain, '+.2f')} points."
-            )
-        lines.append("")
-    for note in result.get("notes", []):
-        lines.append(f"- {note}")
-    if plots:
-        lines += [""] + [f"![{p}]({p})" for p in plots]
-    return "\n".join(lines) + "\n"
+    lines.append("")
+    return lines
 
 
 def _plots(result: dict, out: Path) -> list[str]:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         result["notes"].append("matplotlib is not installed: no plots (pip install matplotlib).")
         return []
@@ -195,12 +234,9 @@ def _plots(result: dict, out: Path) -> list[str]:
                    color=colours[r["kind"]])
         ax.annotate(r["artifact"], (r["latency_ms_p50"], r["accuracy"]), fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel(f"p50 latency, ms (threads {threads}, batch {batch}, log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("latency vs accuracy (bubble area ~ size)")
-    fig.tight_layout()
-    fig.savefig(out / "latency_vs_accuracy.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, out / "latency_vs_accuracy.png",
+                xlabel=f"p50 latency, ms (threads {threads}, batch {batch}, log scale)", ylabel="test accuracy",
+                title="latency vs accuracy (bubble area ~ size)", dpi=120)
     written.append("latency_vs_accuracy.png")
     curves = result.get("cascade_curves") or {}
     if curves:
@@ -210,13 +246,8 @@ def _plots(result: dict, out: Path) -> list[str]:
         teacher = [r for r in first if r["kind"] == "teacher"]
         if teacher:
             ax.axhline(teacher[0]["accuracy"], color="tab:red", ls="--", lw=1, label="teacher")
-        ax.set_xlabel("cloud rate (share of queries sent to the cloud model)")
-        ax.set_ylabel("cascade accuracy")
-        ax.set_title("edge + cloud cascade")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "cascade.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, ax, out / "cascade.png", xlabel="cloud rate (share of queries sent to the cloud model)",
+                    ylabel="cascade accuracy", title="edge + cloud cascade", dpi=120, legend=True)
         written.append("cascade.png")
     return written
 

@@ -149,11 +149,10 @@ def format_soak_markdown(result: dict[str, Any]) -> str:
 
 def plot_soak(result: dict[str, Any], path: Path) -> Path | None:
     """Requests/s, p50/p99 and RSS over time in one figure (None without matplotlib)."""
-    try:
-        import matplotlib
+    from edgekit.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        plt = pyplot()
     except ImportError:
         return None
     windows = result["windows"]

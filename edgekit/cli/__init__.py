@@ -18,7 +18,7 @@ from edgekit.errors import EdgekitError
 
 __all__ = ["cli", "main", "run_command"]
 
-# name -> "module:attribute" under edgekit.cli
+# name -> "module:attribute" under edgekit.cli (a plain table: edgekit.device's name tables share only its shape)
 _COMMANDS = {
     "bench": "bench:command",
     "convert": "convert:command",

@@ -9,6 +9,8 @@ stays light); the runtime is imported when a command runs.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,10 @@ import click
 from edgekit.cli._options import cloud_protocol_choice, engine_choice
 
 if TYPE_CHECKING:  # pragma: no cover
+    from edgekit.runtime.batching import BatchSettings
     from edgekit.runtime.cloud import CloudClient
+    from edgekit.runtime.dataplane import Limits
+    from edgekit.runtime.security import Security
     from edgekit.runtime.server import ServerSettings
     from edgekit.runtime.types import LogitModel
 
@@ -28,8 +33,58 @@ _RUNTIME_MODULES = ("grpc", "grpc_health", "grpc_reflection", "prometheus_client
 _FILE = click.Path(dir_okay=False, path_type=Path)  # existence and permissions: checked by runtime.security
 
 
+@dataclasses.dataclass(frozen=True)
+class _ServerOptions:
+    """The options both commands share (``_server_options``), handed to each as one ``server`` argument."""
+
+    host: str
+    max_batch_size: int
+    max_wait_ms: float
+    metrics_port: int | None
+    grace_s: float
+    max_workers: int
+    max_queue: int
+    max_inflight: int
+    security_options: dict[str, Any]  # tls_cert, tls_key, tls_client_ca, auth_token_file, health_open, insecure
+
+    def batching(self) -> BatchSettings:
+        from edgekit.runtime.batching import BatchSettings
+
+        return BatchSettings(max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms)
+
+    def limits(self) -> Limits:
+        from edgekit.runtime.dataplane import Limits
+
+        return Limits(max_queue=self.max_queue)
+
+    def security(self) -> Security:
+        """The server's Security, checked now (see ``_security``)."""
+        return _security(self.host, **self.security_options)
+
+    def settings(self, port: int, *, batching: BatchSettings, limits: Limits, security: Security,
+                 **more: Any) -> ServerSettings:
+        """The ServerSettings of these options; ``more``: what only one command sets (cascade, reuse_port)."""
+        from edgekit.runtime.server import ServerSettings
+
+        return ServerSettings(host=self.host, port=port, batching=batching, limits=limits,
+                              metrics_port=self.metrics_port, max_workers=self.max_workers,
+                              max_inflight_rpcs=self.max_inflight, security=security, **more)
+
+
+_SHARED_OPTIONS = tuple(f.name for f in dataclasses.fields(_ServerOptions) if f.name != "security_options")
+_SECURITY_OPTIONS = ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file", "health_open", "insecure")
+
+
 def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options both commands share: where to listen, batching, metrics, shutdown."""
+    """Options both commands share: where to listen, batching, metrics, shutdown, security. The
+    command receives them as one ``server`` argument (:class:`_ServerOptions`)."""
+
+    @functools.wraps(f)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        security_options = {name: kwargs.pop(name) for name in _SECURITY_OPTIONS}
+        shared = {name: kwargs.pop(name) for name in _SHARED_OPTIONS}
+        return f(*args, server=_ServerOptions(**shared, security_options=security_options), **kwargs)
+
     options = [
         click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
         click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
@@ -64,8 +119,8 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Allow plaintext on an address other than loopback (a trusted network only)."),
     ]
     for option in reversed(options):
-        f = option(f)
-    return f
+        command = option(command)
+    return command
 
 
 def _serve(model: LogitModel, settings: ServerSettings, *, cloud: CloudClient | None, grace_s: float,
@@ -168,15 +223,7 @@ def command(
     cloud_tls_key: Path | None,
     cloud_token_file: Path | None,
     workers: int,
-    host: str,
-    max_batch_size: int,
-    max_wait_ms: float,
-    metrics_port: int | None,
-    grace_s: float,
-    max_workers: int,
-    max_queue: int,
-    max_inflight: int,
-    **security_options: Any,  # --tls-cert, --tls-key, --tls-client-ca, --auth-token-file, --health-open, --insecure
+    server: _ServerOptions,
 ) -> None:
     """Serve an edge BUNDLE over gRPC (edgekit.v1 and KServe/Triton v2), falling back to a cloud model.
 
@@ -186,10 +233,8 @@ def command(
     from edgekit.deps import require
 
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve")
-    from edgekit.runtime.dataplane import Limits
-
-    limits = Limits(max_queue=max_queue)  # bad values fail here, once, also before --workers start
-    security = _security(host, **security_options)
+    limits = server.limits()  # bad values fail here, once, also before --workers start
+    security = server.security()
     if workers > 1:
         checked = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert,
                                 cloud_tls_key, cloud_token_file)  # bad option pairs fail here, once
@@ -197,12 +242,10 @@ def command(
             checked.close()
         _serve_workers(click.get_current_context(), workers)
         return
-    from edgekit.runtime.batching import BatchSettings
     from edgekit.runtime.cascade import CascadeSettings
-    from edgekit.runtime.server import ServerSettings
 
     cascade = CascadeSettings(threshold=threshold, cloud_timeout_ms=cloud_timeout_ms, on_cloud_error=on_cloud_error)
-    batching = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+    batching = server.batching()
     cloud = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert, cloud_tls_key,
                           cloud_token_file)
     try:
@@ -217,10 +260,9 @@ def command(
 
     from edgekit.runtime.workers import REUSE_PORT_ENV
 
-    _serve(model, ServerSettings(host=host, port=port, cascade=cascade, batching=batching, limits=limits,
-                                 metrics_port=metrics_port, max_workers=max_workers, max_inflight_rpcs=max_inflight,
-                                 reuse_port=os.environ.get(REUSE_PORT_ENV) == "1", security=security),
-           cloud=cloud, grace_s=grace_s,
+    settings = server.settings(port, batching=batching, limits=limits, security=security, cascade=cascade,
+                               reuse_port=os.environ.get(REUSE_PORT_ENV) == "1")
+    _serve(model, settings, cloud=cloud, grace_s=server.grace_s,
            reloader=lambda: load_bundle_model(bundle, backend=backend, threads=threads))
 
 
@@ -255,15 +297,7 @@ def cloud_command(
     model_dir: Path,
     port: int,
     device: str,
-    host: str,
-    max_batch_size: int,
-    max_wait_ms: float,
-    metrics_port: int | None,
-    grace_s: float,
-    max_workers: int,
-    max_queue: int,
-    max_inflight: int,
-    **security_options: Any,  # --tls-cert, --tls-key, --tls-client-ca, --auth-token-file, --health-open, --insecure
+    server: _ServerOptions,
 ) -> None:
     """Serve the fine-tuned torch model in MODEL_DIR as the cloud model (it answers every text itself)."""
     from edgekit.deps import require
@@ -271,15 +305,10 @@ def cloud_command(
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve-cloud")
     require("torch", "transformers", extra="convert", what="edgekit serve-cloud")
     from edgekit.converters.torch_model import load_torch_model
-    from edgekit.runtime.batching import BatchSettings
-    from edgekit.runtime.dataplane import Limits
-    from edgekit.runtime.server import ServerSettings
 
-    batching = BatchSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
-    limits = Limits(max_queue=max_queue)  # checked before the model loads
-    security = _security(host, **security_options)
+    batching = server.batching()
+    limits = server.limits()  # checked before the model loads
+    security = server.security()
     model = load_torch_model(model_dir, device=device)
-    _serve(model, ServerSettings(host=host, port=port, batching=batching, limits=limits, metrics_port=metrics_port,
-                                 max_workers=max_workers, max_inflight_rpcs=max_inflight, security=security),
-           cloud=None, grace_s=grace_s,
-           reloader=lambda: load_torch_model(model_dir, device=device))
+    _serve(model, server.settings(port, batching=batching, limits=limits, security=security), cloud=None,
+           grace_s=server.grace_s, reloader=lambda: load_torch_model(model_dir, device=device))

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from edgekit.bench.load import MODES, format_load_markdown, run_load
+from edgekit.bench.load import MODES, LoadConfig, format_load_markdown, run_load
 from edgekit.errors import ConfigError
 from tests.conftest import REPO, needs
 
@@ -47,7 +47,8 @@ def texts(small_splits):
 
 @NEEDS_EXPORT
 def test_every_mode_answers_every_request(bundle, texts):
-    result = run_load(bundle, texts, clients=3, seconds=0.5, max_batch_size=4, max_wait_ms=5, progress=False)
+    config = LoadConfig(clients=3, seconds=0.5, max_batch_size=4, max_wait_ms=5, progress=False)
+    result = run_load(bundle, texts, config)
     json.dumps(result, allow_nan=False)  # JSON-able as it is
 
     assert (result["clients"], result["seconds"], result["texts"]) == (3, 0.5, len(texts))
@@ -78,7 +79,7 @@ def test_every_mode_answers_every_request(bundle, texts):
 
 @NEEDS_EXPORT
 def test_one_client_has_no_concurrent_raw_row(bundle, texts):
-    result = run_load(bundle, texts[:2], clients=1, seconds=0.3, progress=False)
+    result = run_load(bundle, texts[:2], LoadConfig(clients=1, seconds=0.3, progress=False))
     assert [row["mode"] for row in result["rows"]] == ["raw-backend", "server-no-batching", "server-micro-batching"]
     assert all(row["requests"] > 0 and row["errors"] == 0 for row in result["rows"])
 
@@ -102,7 +103,7 @@ def test_one_client_has_no_concurrent_raw_row(bundle, texts):
 def test_bad_arguments_are_refused_before_loading(tmp_path, kwargs, message):
     texts = kwargs.pop("texts", ["where is my order"])
     with pytest.raises(ConfigError, match=message):
-        run_load(tmp_path / "no-bundle", texts, progress=False, **kwargs)  # no bundle there: never reached
+        run_load(tmp_path / "no-bundle", texts, LoadConfig(progress=False, **kwargs))  # no bundle there: never reached
 
 
 def _script(*args: str) -> subprocess.CompletedProcess[str]:
