@@ -118,6 +118,36 @@ class Manifest:
         for name in (*self.model_files, self.tokenizer_file, *self.files):
             _check_relative(name)
 
+    @classmethod
+    def for_model_dir(cls, model_dir: str | os.PathLike[str], max_length: int = 128) -> Manifest:
+        """Describe a fine-tuned Hugging Face classifier directory (the cloud model: ``config.json``
+        with label names, weights, ``tokenizer.json``) as a bundle of format ``torch``, so it loads
+        through the torch engine like any bundle. Nothing is written; no checksums (the directory is
+        the user's training output, not an edgekit artifact)."""
+        model_dir = Path(model_dir)
+        config_path = model_dir / "config.json"
+        if not config_path.is_file():
+            raise ManifestError(f"{model_dir} is neither a bundle ({MANIFEST_NAME}) nor a Hugging Face model "
+                                "directory (config.json)")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            id2label = {int(k): str(v) for k, v in config.get("id2label", {}).items()}
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, AttributeError) as exc:
+            raise ManifestError(f"{config_path}: not a valid model config ({exc})") from exc
+        labels = [id2label.get(i, f"LABEL_{i}") for i in range(len(id2label))]
+        if not labels or any(label.startswith("LABEL_") for label in labels):
+            raise ManifestError(f"{config_path} has no label names (id2label)",
+                                hint="fine-tune with edgekit finetune, or set id2label in config.json")
+        if not (model_dir / "tokenizer.json").is_file():
+            raise ManifestError(f"{model_dir} has no tokenizer.json (a fast tokenizer)",
+                                hint="save it with AutoTokenizer.from_pretrained(dir).save_pretrained(dir)")
+        weights = sorted(p.name for suffix in ("*.safetensors", "*.bin") for p in model_dir.glob(suffix)
+                         if p.name != "training_args.bin")
+        if not weights:
+            raise ManifestError(f"{model_dir} has no weights (*.safetensors or *.bin)")
+        return cls(format="torch", precision="fp32", labels=labels, model_files=weights, max_length=max_length,
+                   name=model_dir.name, version="torch", pooling=str(config.get("edgekit_pooling", "cls")))
+
     # -- serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -132,7 +132,7 @@ class EngineSpec:
     """An inference engine: which formats it serves and how it loads a bundle."""
 
     name: str
-    loader: str  # "module:function" (bundle_dir, manifest, *, threads) -> Backend
+    loader: str  # "module:function" (bundle_dir, manifest, *, threads, **options) -> Backend
     formats: tuple[str, ...]  # bundle formats it serves
     requires: tuple[str, ...]  # import names, any one of which is enough
     distributions: tuple[str, ...]  # PyPI names whose versions go into device records
@@ -140,8 +140,9 @@ class EngineSpec:
     aliases: tuple[str, ...] = ()
     priority: int = 0  # among the engines of a format, the lowest is the default ("auto")
 
-    def load(self, bundle_dir, manifest, *, threads: int | None = None):
-        return resolve_attr(self.loader)(bundle_dir, manifest, threads=threads)
+    def load(self, bundle_dir, manifest, *, threads: int | None = None, **options):
+        """The engine's Backend for the bundle; ``options``: engine-specific (the torch engine's ``device``)."""
+        return resolve_attr(self.loader)(bundle_dir, manifest, threads=threads, **options)
 
 
 @dataclass(frozen=True)

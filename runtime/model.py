@@ -14,22 +14,23 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import ManifestError
-from edgekit.manifest import Manifest
+from edgekit.manifest import MANIFEST_NAME, Manifest
 from edgekit.runtime.backends import load_backend, resolve_backend
 from edgekit.runtime.tokenize import TextTokenizer
 from edgekit.runtime.types import ModelInfo, check_logits
 
-__all__ = ["BundleModel", "load_bundle_model"]
+__all__ = ["BundleModel", "load_bundle_model", "load_model"]
 
 
 class BundleModel:
-    def __init__(self, bundle_dir: Path, manifest: Manifest, backend: str = "auto", *, threads: int | None = None) -> None:
+    def __init__(self, bundle_dir: Path, manifest: Manifest, backend: str = "auto", *, threads: int | None = None,
+                 **engine_options) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
         manifest.check_paths(self.bundle_dir)  # also when the checksums are not verified
         self.backend_name = resolve_backend(manifest, backend)
         self.tokenizer = TextTokenizer(self.bundle_dir / manifest.tokenizer_file, manifest.max_length)
-        self.backend = load_backend(self.bundle_dir, manifest, self.backend_name, threads=threads)
+        self.backend = load_backend(self.bundle_dir, manifest, self.backend_name, threads=threads, **engine_options)
         self._who = f"{self.bundle_dir}: the model"
         self._lock = threading.Lock()  # not every engine's session is safe to call concurrently
         self._info = ModelInfo(
@@ -87,3 +88,15 @@ def load_bundle_model(
     if verify:
         manifest.verify(bundle_dir)
     return BundleModel(bundle_dir, manifest, backend, threads=threads)
+
+
+def load_model(path: str | Path, backend: str = "auto", threads: int | None = None, *, max_length: int = 128,
+               verify: bool = True, **engine_options) -> BundleModel:
+    """The one way to load a model: an edgekit bundle (``manifest.json``), or a fine-tuned Hugging
+    Face classifier directory (``config.json``: the cloud model), described as a ``torch`` bundle
+    and run by the torch engine (the ``convert`` extra). ``max_length`` applies to the latter (a
+    bundle carries its own); ``engine_options``: e.g. ``device="cuda"`` for the torch engine."""
+    path = Path(path)
+    if (path / MANIFEST_NAME).is_file():
+        return load_bundle_model(path, backend, threads, verify=verify)
+    return BundleModel(path, Manifest.for_model_dir(path, max_length), backend, threads=threads, **engine_options)

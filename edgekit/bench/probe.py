@@ -1,7 +1,7 @@
 """Cold start and peak memory of one artifact, measured in a fresh process.
 
-``python -m edgekit.bench.probe [--threads N] [--max-length L] [--backend B] -- KIND PATH TEXT`` prints one JSON
-line: ``import_ms`` (the engine's libraries), ``load_ms``, ``first_ms`` (first answer),
+``python -m edgekit.bench.probe [--threads N] [--max-length L] [--backend B] -- PATH TEXT`` prints one JSON
+line: ``import_ms`` (edgekit's loader), ``load_ms`` (the engine's libraries and the model), ``first_ms`` (first answer),
 ``cold_start_ms`` (all three: what a kiosk waits after boot) and ``peak_rss_mb``
 (the process's high-water mark, interpreter and libraries included: what the device must hold).
 """
@@ -37,7 +37,6 @@ def _peak_rss_mb() -> float:
 
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m edgekit.bench.probe")
-    parser.add_argument("kind", choices=["edgekit", "optimum-baseline", "teacher"])
     parser.add_argument("path", type=Path)
     parser.add_argument("text")
     parser.add_argument("--threads", type=int, default=None)
@@ -45,20 +44,10 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default="auto")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    if args.kind == "teacher":
-        import torch
+    from edgekit.runtime.model import load_model  # bundles and the teacher's directory (torch engine) alike
 
-        from edgekit.converters.torch_model import TorchModel
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        imported = time.perf_counter()
-        model = TorchModel(args.path, max_length=args.max_length)
-    else:
-        from edgekit.runtime.model import load_bundle_model
-
-        imported = time.perf_counter()
-        model = load_bundle_model(args.path, args.backend, threads=args.threads)
+    imported = time.perf_counter()
+    model = load_model(args.path, args.backend, threads=args.threads, max_length=args.max_length)
     loaded = time.perf_counter()
     model.logits([args.text])
     done = time.perf_counter()
@@ -71,15 +60,16 @@ def _main(argv: list[str] | None = None) -> None:
     }))
 
 
-def probe(kind: str, path: Path, text: str, *, threads: int | None = None, max_length: int = 128,
+def probe(path: Path, text: str, *, threads: int | None = None, max_length: int = 128,
           backend: str = "auto", timeout_s: float = 600.0) -> dict[str, float]:
-    """Run the probe in a new interpreter (bundles on ``backend``); ``{}`` (with a warning logged) if it fails."""
+    """Run the probe in a new interpreter (a bundle, or a model directory on the torch engine; ``backend``
+    as ``load_model`` takes it); ``{}`` (with a warning logged) if it fails."""
     import logging
 
     cmd = [sys.executable, "-m", "edgekit.bench.probe", "--max-length", str(max_length), "--backend", backend]
     if threads:
         cmd += ["--threads", str(threads)]
-    cmd += ["--", kind, str(path), text]  # "--": a text may start with "-"
+    cmd += ["--", str(path), text]  # "--": a text may start with "-"
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:

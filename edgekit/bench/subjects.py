@@ -76,24 +76,6 @@ def bundle_subjects(root: Path, backend: str = "auto") -> list[Subject]:
     return [_bundle_subject(d, backend=backend) for d in dirs]
 
 
-class _ThreadedTorch:
-    """The torch teacher with its own thread count (torch's is process-wide: set it per call)."""
-
-    def __init__(self, model, threads: int | None) -> None:
-        import torch
-
-        self._torch, self._model, self._threads = torch, model, threads
-        self.info = model.info
-
-    def logits(self, texts):
-        if self._threads:
-            self._torch.set_num_threads(self._threads)
-        return self._model.logits(texts)
-
-    def close(self) -> None:
-        self._model.close()
-
-
 def _weight_files(model_dir: Path) -> list[Path]:
     files = [p for pattern in ("*.safetensors", "*.bin") for p in model_dir.glob(pattern)]
     return sorted(p for p in files if p.name != "training_args.bin")
@@ -112,18 +94,18 @@ def _weights_sha256(model_dir: Path) -> str:
 
 
 def teacher_subject(model_dir: Path, max_length: int) -> Subject:
+    """The cloud model in torch fp32: loaded by the torch engine, as serve-cloud serves it."""
+    from edgekit.runtime.model import load_model
+
     try:
-        from edgekit.converters.torch_model import TorchModel
         import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError as exc:
         raise MissingDependencyError("torch", "convert", what="the teacher row (--teacher)") from exc
-    first = TorchModel(Path(model_dir), max_length=max_length)
-    labels = list(first.info.labels)
-    cache = {"model": first}
+    labels = list(Manifest.for_model_dir(Path(model_dir), max_length).labels)
 
     def load(threads):
-        model = cache.pop("model", None) or TorchModel(Path(model_dir), max_length=max_length)
-        return _ThreadedTorch(model, threads)
+        return load_model(Path(model_dir), threads=threads, max_length=max_length)
 
     return Subject(
         artifact="teacher",

@@ -249,10 +249,9 @@ def _probe_all(config: BenchConfig, measured: list[_Measured], text: str, max_le
     from edgekit.bench.probe import probe
 
     for m in measured:
-        kind = "teacher" if m.subject.kind == "teacher" else "edgekit"
-        # the engine the latency rows used (a bundle's default, or --backend)
-        backend = m.subject.backend if kind == "edgekit" else "auto"
-        m.probe = probe(kind, m.subject.path, text, threads=config.threads[0], max_length=max_length, backend=backend)
+        # the engine the latency rows used (a bundle's default or --backend; torch for the teacher)
+        m.probe = probe(m.subject.path, text, threads=config.threads[0], max_length=max_length,
+                        backend=m.subject.backend)
 
 
 def _row(m: _Measured, threads: int, batch: int, times: list[float], n_texts: int) -> dict:

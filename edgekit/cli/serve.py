@@ -304,11 +304,11 @@ def cloud_command(
 
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve-cloud")
     require("torch", "transformers", extra="convert", what="edgekit serve-cloud")
-    from edgekit.converters.torch_model import load_torch_model
+    from edgekit.runtime.model import load_model
 
     batching = server.batching()
     limits = server.limits()  # checked before the model loads
     security = server.security()
-    model = load_torch_model(model_dir, device=device)
+    model = load_model(model_dir, device=device)  # a model directory: the torch engine
     _serve(model, server.settings(port, batching=batching, limits=limits, security=security), cloud=None,
-           grace_s=server.grace_s, reloader=lambda: load_torch_model(model_dir, device=device))
+           grace_s=server.grace_s, reloader=lambda: load_model(model_dir, device=device))

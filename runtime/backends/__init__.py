@@ -37,5 +37,6 @@ def resolve_backend(manifest: Manifest, backend: str = "auto") -> str:
     return name
 
 
-def load_backend(bundle_dir: Path, manifest: Manifest, backend: str = "auto", *, threads: int | None = None) -> Backend:
-    return load_engines().get(resolve_backend(manifest, backend)).load(bundle_dir, manifest, threads=threads)
+def load_backend(bundle_dir: Path, manifest: Manifest, backend: str = "auto", *, threads: int | None = None,
+                 **options) -> Backend:
+    return load_engines().get(resolve_backend(manifest, backend)).load(bundle_dir, manifest, threads=threads, **options)

@@ -132,9 +132,9 @@ def test_probe_takes_any_text_and_the_backend(converted):
     """A first test text starting with '-' once made the probe's argument parser fail (empty columns)."""
     from edgekit.bench.probe import probe
 
-    got = probe("edgekit", converted.out / "onnx-fp32", "-5 euros refund?", threads=1, max_length=32, backend="openvino")
+    got = probe(converted.out / "onnx-fp32", "-5 euros refund?", threads=1, max_length=32, backend="openvino")
     assert got["cold_start_ms"] > 0 and got["peak_rss_mb"] > 10
-    assert probe("edgekit", converted.out / "onnx-fp32", "hello", backend="tflite") == {}  # cannot run ONNX: failure, logged
+    assert probe(converted.out / "onnx-fp32", "hello", backend="tflite") == {}  # cannot run ONNX: failure, logged
 
 
 def test_cli_runs_and_refuses_bad_input(converted, small_splits, tmp_path):
