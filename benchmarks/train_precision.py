@@ -27,7 +27,7 @@ def main(layers: int, batch: int, length: int, rounds: int, steps: int) -> None:
     import torch
     from transformers import BertConfig, BertModel
 
-    from edgekit.converters.training import bf16_is_fast
+    from edgekit.converters.training.loop import bf16_is_fast
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=4300, hidden_size=384, num_hidden_layers=layers, num_attention_heads=12,

@@ -46,7 +46,7 @@ def label_ids(data: Dataset, labels: list[str]) -> np.ndarray:
 
 
 def evaluate_model_dir(model_dir: Path, data: Dataset, *, max_length: int = 128) -> dict[str, float]:
-    from edgekit.converters.training import predict_logits
+    from edgekit.converters.training.loop import predict_logits
 
     model, tokenizer, labels = load_classifier_dir(model_dir)
     y = label_ids(data, labels)

@@ -146,7 +146,7 @@ class Run:
 
 def _score_with_teacher(config: ConvertConfig, data: Splits, teacher: Teacher, texts, note, pooled: bool = False):
     """The teacher's logits (and pooled features) for ``texts``: cached on disk by weights + texts."""
-    from edgekit.converters.teacher_cache import teacher_outputs
+    from edgekit.converters.training.teacher_cache import teacher_outputs
 
     out = teacher_outputs(teacher.model, teacher.tokenizer, list(texts), max_length=data.max_length,
                           weights_sha256=teacher.sha256, pooled=pooled, use_cache=config.teacher_cache)
@@ -197,7 +197,7 @@ def _load_teacher(config: ConvertConfig, echo, timer: StageTimer) -> tuple[Teach
 
 
 def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> ConvertResult:
-    from edgekit.converters.student import make_student
+    from edgekit.converters.training.student import make_student
 
     targets = _targets(config)
     timer = StageTimer(echo)

@@ -71,7 +71,7 @@ _PORT = re.compile(r" on [\w.\-\[\]:]*:(\d+)\s*$")
 
 def cloud_model_dir(echo: Callable[[str], None]) -> Path:
     """Fine-tune the demo's cloud model, or reuse the cached one."""
-    from edgekit.converters.finetune import FinetuneConfig, finetune
+    from edgekit.converters.training.finetune import FinetuneConfig, finetune
 
     train, validation = split_path("train"), split_path("validation")
     model_dir = cache_dir() / "models" / f"shop-intents-{cache_key(train, validation, **_FINETUNE)}"

@@ -62,7 +62,7 @@ def tiny_base(tmp_path_factory, small_splits) -> Path:
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory, tiny_base, small_splits) -> Path:
     """The tiny BERT fine-tuned on the small splits: a real classifier directory with labels."""
-    from edgekit.converters.finetune import FinetuneConfig, finetune
+    from edgekit.converters.training.finetune import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("tiny-classifier") / "model"
     finetune(FinetuneConfig(train=small_splits["train"], validation=small_splits["validation"], out=out,

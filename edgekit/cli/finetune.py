@@ -53,7 +53,7 @@ def command(
     from edgekit.converters import quiet_third_party
 
     quiet_third_party()
-    from edgekit.converters.finetune import FinetuneConfig, finetune
+    from edgekit.converters.training.finetune import FinetuneConfig, finetune
 
     result = finetune(
         FinetuneConfig(

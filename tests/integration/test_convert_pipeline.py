@@ -185,7 +185,7 @@ def test_pruning_that_changes_held_out_answers_is_not_applied(tmp_path, tiny_cla
     Checked to fail: with the rule removed (pruning always applied) the bundle's tokenizer is the
     pruned one and the first assert below fails.
     """
-    import edgekit.converters.student as student
+    import edgekit.converters.training.student as student
     from edgekit.converters.pipeline import convert
 
     monkeypatch.setattr(student, "PRUNE_MIN_AGREEMENT", 1.01)  # no agreement is enough

@@ -11,7 +11,7 @@ pytestmark = needs("torch", "transformers", "accelerate")
 
 
 def test_length_buckets_cover_every_text_once_per_epoch_and_shorten_batches():
-    from edgekit.converters.training import LengthBucketSampler
+    from edgekit.converters.training.loop import LengthBucketSampler
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 60, size=1000).tolist()
@@ -30,7 +30,7 @@ def test_length_buckets_cover_every_text_once_per_epoch_and_shorten_batches():
 
 
 def test_epochs_for_gives_small_data_more_passes():
-    from edgekit.converters.training import epochs_for
+    from edgekit.converters.training.loop import epochs_for
 
     assert epochs_for(9003, 32, min_steps=1500) == 6
     assert epochs_for(1500, 32, min_steps=1500, max_epochs=20) == 20
@@ -38,7 +38,7 @@ def test_epochs_for_gives_small_data_more_passes():
 
 
 def test_teacher_cache_key_changes_with_weights_data_and_length():
-    from edgekit.converters.teacher_cache import teacher_cache_key
+    from edgekit.converters.training.teacher_cache import teacher_cache_key
 
     base = teacher_cache_key({"model.safetensors": "aa"}, ["a", "b"], 64, pooled=False)
     assert base == teacher_cache_key({"model.safetensors": "aa"}, ["a", "b"], 64, pooled=False)
@@ -53,7 +53,7 @@ def test_teacher_cache_key_changes_with_weights_data_and_length():
 
 def test_teacher_outputs_are_read_back_from_the_cache(tiny_classifier, small_splits):
     from edgekit.converters.evaluate import load_classifier_dir
-    from edgekit.converters.teacher_cache import teacher_outputs
+    from edgekit.converters.training.teacher_cache import teacher_outputs
     from edgekit.data import load_dataset
 
     model, tok, _ = load_classifier_dir(tiny_classifier)
@@ -65,7 +65,7 @@ def test_teacher_outputs_are_read_back_from_the_cache(tiny_classifier, small_spl
     np.testing.assert_array_equal(first.logits, second.logits)
     np.testing.assert_array_equal(first.pooled, second.pooled)
     # the sorted-by-length scoring returns rows in the texts' order
-    from edgekit.converters.training import predict_logits
+    from edgekit.converters.training.loop import predict_logits
 
     np.testing.assert_allclose(first.logits, predict_logits(model, tok, texts, max_length=32), atol=1e-5)
 
@@ -73,7 +73,7 @@ def test_teacher_outputs_are_read_back_from_the_cache(tiny_classifier, small_spl
 def test_linear_probe_separates_and_warm_starts_the_head():
     import torch
 
-    from edgekit.converters.probe import fit_probe
+    from edgekit.converters.training.probe import fit_probe
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 16)) * 3
@@ -93,7 +93,7 @@ def test_a_near_constant_feature_does_not_get_a_huge_weight():
     them weights of 3e4 (all-mpnet-base-v2 on banking77), which int8 per-tensor quantization of
     the head turned into one constant answer. Checked to fail with per-feature standardisation
     (the rogue dimension's weight is then far above 1)."""
-    from edgekit.converters.probe import fit_probe
+    from edgekit.converters.training.probe import fit_probe
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 16))
@@ -112,7 +112,7 @@ def test_choose_start_keeps_the_best_probe_and_warms_its_head(tiny_classifier, s
     from transformers import AutoTokenizer, BertModel
 
     from edgekit.converters.classifier import PooledClassifier, load_classifier
-    from edgekit.converters.distill import Candidate, choose_start
+    from edgekit.converters.training.distill import Candidate, choose_start
     from edgekit.converters.evaluate import label_ids
     from edgekit.data import load_dataset
 
@@ -131,7 +131,7 @@ def test_choose_start_keeps_the_best_probe_and_warms_its_head(tiny_classifier, s
     assert start.chosen.name == "trained"
     assert [p["name"] for p in start.probed] == ["random", "trained"]
     assert start.probed[1]["probe_validation_accuracy"] > start.probed[0]["probe_validation_accuracy"]
-    from edgekit.converters.training import predict_logits
+    from edgekit.converters.training.loop import predict_logits
 
     acc = float((predict_logits(start.chosen.model, tok, val.texts, max_length=32).argmax(-1) == y_val).mean())
     assert acc == pytest.approx(start.chosen.probe_accuracy, abs=1e-6)  # the head *is* the probe
@@ -141,7 +141,7 @@ def test_slice_encoder_keeps_evenly_spaced_layers():
     import torch
     from transformers import BertConfig, BertModel
 
-    from edgekit.converters.distill import slice_encoder
+    from edgekit.converters.training.distill import slice_encoder
 
     encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=6, num_attention_heads=2,
                                    intermediate_size=32))
@@ -155,7 +155,7 @@ def test_training_learns_in_fp32_and_under_bf16_autocast(precision):
     """bf16 autocast (--mixed-precision) must still learn, and leave fp32 weights behind."""
     import torch
 
-    from edgekit.converters.training import TrainConfig, train
+    from edgekit.converters.training.loop import TrainConfig, train
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -182,7 +182,7 @@ def test_training_learns_in_fp32_and_under_bf16_autocast(precision):
 
 
 def test_a_bigger_start_must_probe_more_than_a_point_better():
-    from edgekit.converters.distill import Candidate, pick_start
+    from edgekit.converters.training.distill import Candidate, pick_start
 
     def cand(name, params, acc):
         c = Candidate(name, None, None, None, params)

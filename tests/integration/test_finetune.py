@@ -69,7 +69,7 @@ def test_bitext_default_base_reaches_095(tmp_path):
     bitext = SHARED_DATA / "bitext"
     if not bitext.is_dir():
         pytest.skip("../shared/data/bitext is absent")
-    from edgekit.converters.finetune import FinetuneConfig, finetune
+    from edgekit.converters.training.finetune import FinetuneConfig, finetune
 
     result = finetune(FinetuneConfig(train=bitext / "train.jsonl", validation=bitext / "validation.jsonl",
                                      out=tmp_path / "m", progress=False))

@@ -24,8 +24,8 @@ def real_default(tmp_path_factory, small_splits):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from edgekit.converters.pretrained import resolve_base
-    from edgekit.converters.training import encode
+    from edgekit.converters.training.pretrained import resolve_base
+    from edgekit.converters.training.loop import encode
 
     base = resolve_base(None)
     train = load_dataset(small_splits["train"])

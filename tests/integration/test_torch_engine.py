@@ -21,7 +21,7 @@ def test_a_model_directory_loads_as_a_torch_bundle(tiny_classifier):
     import torch
 
     from edgekit.converters.evaluate import load_classifier_dir
-    from edgekit.converters.training import encode
+    from edgekit.converters.training.loop import encode
     from edgekit.runtime.model import load_model
 
     model = load_model(tiny_classifier, threads=1, max_length=32)

@@ -86,7 +86,7 @@ def test_every_import_points_down():
 
 def test_the_checker_catches_reversed_imports():
     assert violations("edgekit.manifest", "from edgekit.cli import main\n")
-    assert violations("edgekit.runtime.cascade", "def f():\n    from edgekit.converters.distill import distill\n")
+    assert violations("edgekit.runtime.cascade", "def f():\n    from edgekit.converters.training.distill import distill\n")
     assert violations("edgekit.converters.pipeline", "import edgekit.cli._options\n")
     assert violations("edgekit.runtime.model", "from edgekit import bench\n")
     assert not violations("edgekit.runtime.model", "from edgekit.manifest import Manifest\n")

@@ -71,7 +71,7 @@ def _load_base(base_dir: Path, labels: list[str], pooling: str | None):
 
 def warm_start_head(model, tokenizer, train_texts, y_train, val_texts, y_val, *, max_length: int) -> float:
     """Fit a linear probe on the frozen encoder and load it into the head; returns its validation accuracy."""
-    from edgekit.converters.probe import fit_probe, pooled_features
+    from edgekit.converters.training.probe import fit_probe, pooled_features
 
     x_train = pooled_features(model, tokenizer, train_texts, max_length=max_length)
     probe = fit_probe(x_train, np.asarray(y_train), model.config.num_labels, scale=0.5)
@@ -81,8 +81,8 @@ def warm_start_head(model, tokenizer, train_texts, y_train, val_texts, y_val, *,
 
 
 def finetune(config: FinetuneConfig) -> FinetuneResult:
-    from edgekit.converters.pretrained import resolve_base
-    from edgekit.converters.training import (
+    from edgekit.converters.training.pretrained import resolve_base
+    from edgekit.converters.training.loop import (
         resolve_mixed_precision,
         seed_everything,
         token_lengths,
@@ -126,7 +126,7 @@ def _steps(tokenizer, max_length: int, val_texts, y_val):
     """The batch builder, the loss (cross-entropy on the labels) and the validation accuracy."""
     import torch
 
-    from edgekit.converters.training import encode, predict_logits
+    from edgekit.converters.training.loop import encode, predict_logits
 
     def collate(items: list[tuple[str, int]]) -> dict:
         batch = encode(tokenizer, [t for t, _ in items], max_length)

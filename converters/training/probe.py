@@ -25,7 +25,7 @@ __all__ = ["LinearProbe", "fit_probe", "pooled_features"]
 @torch.no_grad()
 def pooled_features(model, tokenizer, texts: Sequence[str], *, max_length: int, batch_size: int = 128) -> np.ndarray:
     """Pooled encoder outputs of a :class:`~edgekit.converters.classifier.PooledClassifier` (eval mode)."""
-    from edgekit.converters.training import encode
+    from edgekit.converters.training.loop import encode
 
     model.eval()
     order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths per batch: less padding

@@ -46,7 +46,7 @@ def teacher_cache_key(weights_sha256: dict[str, str], texts: Sequence[str], max_
 
 def _score(teacher, tokenizer, texts: Sequence[str], max_length: int, pooled: bool, batch_size: int = 64):
     import torch
-    from edgekit.converters.training import encode
+    from edgekit.converters.training.loop import encode
 
     teacher.eval()
     order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths per batch: less padding

@@ -20,8 +20,8 @@ The student starts as close to a classifier as it can (issue 10: a distilled stu
    (``hidden_weight``, off by default).
 
 Transfer set: the training texts (labelled), perturbed copies of them and ``--unlabeled`` texts
-(both KD-only). Teacher outputs come from :mod:`edgekit.converters.teacher_cache`. Runs on
-:mod:`edgekit.converters.training` (Hugging Face Accelerate).
+(both KD-only). Teacher outputs come from :mod:`edgekit.converters.training.teacher_cache`. Runs on
+:mod:`edgekit.converters.training.loop` (Hugging Face Accelerate).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def _candidate(name: str, encoder, tokenizer, labels, pooling: str, layers: int 
 def student_candidates(config: DistillConfig, teacher, teacher_tokenizer, labels: list[str]) -> list[Candidate]:
     """The starts ``config.student`` asks for: one, or the auto set."""
     from edgekit.converters.classifier import base_pooling, load_encoder
-    from edgekit.converters.pretrained import resolve_base
+    from edgekit.converters.training.pretrained import resolve_base
     from transformers import AutoTokenizer
 
     def packaged(name: str, layers: int | None, sliced: bool) -> Candidate:
@@ -209,7 +209,7 @@ def choose_start(candidates: list[Candidate], train_texts, y_train, val_texts, y
                  echo: Callable[[str], None] = log.info) -> StudentStart:
     """Probe every candidate frozen (linear head on train, accuracy on validation); keep the
     smallest whose probe is within :data:`SIZE_MARGIN` of the best probe."""
-    from edgekit.converters.probe import fit_probe, pooled_features
+    from edgekit.converters.training.probe import fit_probe, pooled_features
 
     probed = []
     best = None
@@ -320,8 +320,8 @@ def _kd_loss(alpha: float, T: float, hidden: float):
 def distill(student, tokenizer, transfer: TransferSet, val_texts, y_val, config: DistillConfig,
             teacher_temperature: float = 1.0) -> DistillResult:
     """Train ``student`` (a PooledClassifier, head already warm) on ``transfer``; best epoch restored."""
-    from edgekit.converters.training import epochs_for, seed_everything, token_lengths, warm_start_train_config
-    from edgekit.converters.training import train as run_training
+    from edgekit.converters.training.loop import epochs_for, seed_everything, token_lengths, warm_start_train_config
+    from edgekit.converters.training.loop import train as run_training
 
     seed_everything(config.seed)
     t_logits = torch.from_numpy(transfer.teacher_logits / teacher_temperature)
@@ -348,7 +348,7 @@ def distill(student, tokenizer, transfer: TransferSet, val_texts, y_val, config:
 def _collate(tokenizer, transfer: TransferSet, t_logits: torch.Tensor, t_pooled: torch.Tensor | None,
              max_length: int) -> Callable[[list[int]], dict]:
     """Indices of the transfer set → a batch: tokens, labels (-100: KD only), the teacher's outputs."""
-    from edgekit.converters.training import encode
+    from edgekit.converters.training.loop import encode
 
     texts, targets = transfer.texts, transfer.targets
 
@@ -364,7 +364,7 @@ def _collate(tokenizer, transfer: TransferSet, t_logits: torch.Tensor, t_pooled:
 
 
 def _validation_accuracy(tokenizer, val_texts, y_val, max_length: int) -> Callable[[_DistillModule], float]:
-    from edgekit.converters.training import predict_logits
+    from edgekit.converters.training.loop import predict_logits
 
     y_val = np.asarray(y_val)
 

@@ -1,6 +1,6 @@
 """The student stage of ``edgekit convert``: probe the starts, prune the vocabulary, distil.
 
-The recipe itself lives in :mod:`edgekit.converters.distill`; this module feeds it the
+The recipe itself lives in :mod:`edgekit.converters.training.distill`; this module feeds it the
 pipeline's data and teacher (:class:`edgekit.converters.pipeline.Run`) and reports each step.
 """
 
@@ -18,8 +18,8 @@ __all__ = ["distill_config", "make_student"]
 
 
 def distill_config(config: ConvertConfig, max_length: int):
-    from edgekit.converters.distill import DistillConfig
-    from edgekit.converters.training import resolve_mixed_precision
+    from edgekit.converters.training.distill import DistillConfig
+    from edgekit.converters.training.loop import resolve_mixed_precision
 
     student = config.student
     if student is not None and str(student) == "teacher-layers":
@@ -35,7 +35,7 @@ def distill_config(config: ConvertConfig, max_length: int):
 
 def _transfer_set(run: Run, y_train):
     """Training texts (labelled) + KD-only copies and unlabelled texts, with the teacher's outputs."""
-    from edgekit.converters.distill import TransferSet, transfer_texts
+    from edgekit.converters.training.distill import TransferSet, transfer_texts
 
     config, data = run.config, run.data
     texts, targets = transfer_texts(data.train.texts, y_train.tolist(), augment_copies=config.augment,
@@ -46,7 +46,7 @@ def _transfer_set(run: Run, y_train):
 
 
 def _choose(run: Run, y_train, dconfig):
-    from edgekit.converters.distill import choose_start, student_candidates
+    from edgekit.converters.training.distill import choose_start, student_candidates
 
     data = run.data
     with run.timer.stage("student start (probes)"):
@@ -61,7 +61,7 @@ def _choose(run: Run, y_train, dconfig):
 def make_student(run: Run) -> tuple[Path, dict[str, Any]]:
     """Choose the start (probes), prune its vocabulary, distil; save the student into ``run.work``."""
     from edgekit.converters.calibrate import fit_temperature
-    from edgekit.converters.distill import distill
+    from edgekit.converters.training.distill import distill
     from edgekit.converters.evaluate import label_ids
 
     config, data = run.config, run.data
@@ -110,8 +110,8 @@ def _prune(run: Run, model, tokenizer, transfer_texts):
     start must agree with the unpruned one on at least PRUNE_MIN_AGREEMENT of the validation texts,
     which are not part of the pruning corpus.
     """
-    from edgekit.converters.training import predict_logits
-    from edgekit.converters.vocab import prune_vocabulary
+    from edgekit.converters.training.loop import predict_logits
+    from edgekit.converters.training.vocab import prune_vocabulary
     from transformers import AutoTokenizer
 
     val, max_length, forced = run.data.val, run.data.max_length, run.config.prune_vocab
