@@ -29,6 +29,7 @@ class FinetuneConfig:
     train: Path
     validation: Path
     out: Path
+    test: Path | None = None  # scored once at the end (the best epoch), for the record; never for choosing
     base: str | Path | None = None  # packaged model name or local HF directory; None = default
     epochs: int = 6
     batch_size: int = 32
@@ -52,6 +53,7 @@ class FinetuneResult:
     labels: list[str]
     best_epoch: int
     probe_accuracy: float | None = None  # the frozen base + linear probe, on validation
+    test_accuracy: float | None = None  # with FinetuneConfig.test
 
 
 def _load_base(base_dir: Path, labels: list[str], pooling: str | None):
@@ -90,8 +92,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         warm_start_train_config,
     )
 
-    train_ds, val_ds, _ = load_splits(
-        config.train, config.validation, text_field=config.text_field, label_field=config.label_field
+    train_ds, val_ds, test_ds = load_splits(
+        config.train, config.validation, config.test, text_field=config.text_field, label_field=config.label_field
     )
     labels = train_ds.label_set
     base_dir = resolve_base(config.base)
@@ -116,10 +118,15 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         lengths=token_lengths(tokenizer, train_ds.texts, config.max_length),
         description="finetune",
     )
+    test_accuracy = None
+    if test_ds is not None:
+        y_test = label_ids(test_ds.labels, labels, where=str(config.test))
+        test_accuracy = _steps(tokenizer, config.max_length, test_ds.texts, y_test)[2](model)
     record = _record(config, base_dir, model.pooling, labels, probe_accuracy, result, train_ds, val_ds)
+    record["test_accuracy"] = test_accuracy
     out = Path(config.out)
     _write_model_dir(model, tokenizer, record, out)
-    return FinetuneResult(out, result.best_score, labels, result.best_epoch, probe_accuracy)
+    return FinetuneResult(out, result.best_score, labels, result.best_epoch, probe_accuracy, test_accuracy)
 
 
 def _steps(tokenizer, max_length: int, val_texts, y_val):

@@ -13,6 +13,8 @@ from edgekit.cli._options import data_field_options
 @click.option("--train", "train_path", required=True, type=click.Path(path_type=Path), help="Training data (.jsonl or .csv).")
 @click.option("--validation", "validation_path", required=True, type=click.Path(path_type=Path), help="Validation data.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output Hugging Face model directory.")
+@click.option("--test", "test_path", type=click.Path(path_type=Path),
+              help="Held-out data scored once at the end (reported, never used to choose).")
 @click.option(
     "--base",
     default=None,
@@ -34,6 +36,7 @@ def command(
     train_path: Path,
     validation_path: Path,
     out: Path,
+    test_path: Path | None,
     base: str | None,
     epochs: int,
     batch_size: int,
@@ -60,6 +63,7 @@ def command(
             train=train_path,
             validation=validation_path,
             out=out,
+            test=test_path,
             base=base,
             epochs=epochs,
             batch_size=batch_size,
@@ -75,5 +79,7 @@ def command(
     )
     click.echo(
         f"fine-tuned {len(result.labels)} labels; best epoch {result.best_epoch}; "
-        f"validation accuracy {result.validation_accuracy:.4f}; model written to {result.model_dir}"
+        f"validation accuracy {result.validation_accuracy:.4f}; "
+        + (f"test accuracy {result.test_accuracy:.4f}; " if result.test_accuracy is not None else "")
+        + f"model written to {result.model_dir}"
     )

@@ -12,13 +12,14 @@ from tests.conftest import needs
 pytestmark = needs("torch", "transformers", "accelerate")
 
 
-def _finetune(tiny_base, splits, out, seed=0):
+def _finetune(tiny_base, splits, out, seed=0, extra=()):
     from edgekit.cli import cli
 
     result = CliRunner().invoke(
         cli,
         ["finetune", "--train", str(splits["train"]), "--validation", str(splits["validation"]), "--out", str(out),
-         "--base", str(tiny_base), "--epochs", "10", "--batch-size", "16", "--lr", "5e-3", "--seed", str(seed), "--no-progress"],
+         "--base", str(tiny_base), "--epochs", "10", "--batch-size", "16", "--lr", "5e-3", "--seed", str(seed), "--no-progress",
+         *extra],
     )
     assert result.exit_code == 0, result.output
     return result.output
@@ -31,7 +32,7 @@ def test_finetune_writes_a_standard_model_dir(tmp_path, tiny_base, small_splits)
     from edgekit.data import load_dataset
 
     out = tmp_path / "cloud"
-    output = _finetune(tiny_base, small_splits, out)
+    output = _finetune(tiny_base, small_splits, out, extra=["--test", str(small_splits["test"])])
     assert "validation accuracy" in output
     config = json.loads((out / "config.json").read_text())
     assert sorted(config["id2label"].values()) == sorted(set(load_dataset(small_splits["train"]).labels))
@@ -43,6 +44,9 @@ def test_finetune_writes_a_standard_model_dir(tmp_path, tiny_base, small_splits)
     metrics = evaluate_model_dir(out, load_dataset(small_splits["test"]))
     # 6 balanced intents: chance is ~0.17; a trained tiny model clears it by far
     assert metrics["accuracy"] > 0.5, metrics
+    # --test: scored once with the kept weights, the same figure an evaluation of the written model gives
+    assert f"test accuracy {metrics['accuracy']:.4f}" in output
+    assert record["test_accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-9)
     assert record["validation_accuracy"] > 0.5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
 
