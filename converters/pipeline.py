@@ -47,6 +47,7 @@ class Candidate:
     size_bytes: int
     metrics: dict[str, Any] = field(default_factory=dict)
     calibration: Any = None
+    reference: Any = None  # edgekit.monitoring.Reference: normal traffic, on validation
     risk_coverage: list[dict] = field(default_factory=list)
     status: str = "rejected"  # written | rejected | not-selected
     reason: str = ""
@@ -286,6 +287,7 @@ def _measure(run: Run, art) -> Candidate:
     """Accuracy, latency, calibration and cascade of one artifact, loaded by its runtime backend."""
     from edgekit.converters.calibrate import calibrate, cascade_at, risk_coverage
     from edgekit.converters.measure import batched_logits, latency_ms
+    from edgekit.monitoring import build_reference
     from edgekit.runtime.model import load_bundle_model
 
     config, data, teacher = run.config, run.data, run.teacher
@@ -309,6 +311,8 @@ def _measure(run: Run, art) -> Candidate:
     cloud_rate, cascade = cascade_at(cal.threshold, scores, pred, teacher.test_pred, data.y_test)
     c = Candidate(art.format, art.variant, art.precision, art.directory, art.model_files, art.buckets, art.details,
                   _dir_size(art.directory, art.model_files), calibration=cal,
+                  reference=build_reference(softmax(v_logits, cal.temperature), data.labels, data.val.texts,
+                                            cal.threshold),
                   risk_coverage=risk_coverage(scores, pred, teacher.test_pred, data.y_test))
     c.metrics = {**classification_metrics(t_logits, data.y_test, teacher_pred=teacher.test_pred), **speed,
                  "threshold": cal.threshold, "temperature": cal.temperature, "cloud_rate": cloud_rate,
@@ -384,6 +388,7 @@ def _write_bundle(c: Candidate, out: Path, labels, max_length, provenance, teach
             provenance={**provenance, "export": {"variant": c.variant, **c.details},
                         "calibration_rule": c.calibration.rule, "libraries": library_versions()},
             target=device_record(),
+            reference=c.reference.to_dict() if c.reference is not None else {},
         )
         manifest.save(tmp)
         manifest.verify(tmp)

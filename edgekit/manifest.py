@@ -101,6 +101,9 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     target: dict[str, Any] = field(default_factory=dict)
+    # What normal traffic looks like, measured on validation at conversion
+    # (edgekit.monitoring.Reference.to_dict()); the server's drift watch compares against it. {}: none.
+    reference: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -117,6 +120,10 @@ class Manifest:
             raise ManifestError(f"manifest max_length must be at least 2, got {self.max_length}")
         for name in (*self.model_files, self.tokenizer_file, *self.files):
             _check_relative(name)
+        if self.reference:
+            from edgekit.monitoring import Reference
+
+            Reference.from_dict(self.reference)  # a ManifestError if it is not one
 
     @classmethod
     def for_model_dir(cls, model_dir: str | os.PathLike[str], max_length: int = 128) -> Manifest:

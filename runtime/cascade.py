@@ -42,10 +42,12 @@ from edgekit.runtime.types import ClassifyOptions, LogitModel, Prediction, Route
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.cloud import CloudClient
+    from edgekit.runtime.recorder import Recorder
 
 __all__ = ["Cascade", "CascadeSettings", "CircuitBreaker", "OnCloudError", "calibrated_probabilities"]
 
 log = logging.getLogger(__name__)
+RECORD_TOP_K = 5  # the edge's answers kept beside the cloud's in a record
 
 
 class OnCloudError(str, enum.Enum):
@@ -153,6 +155,7 @@ class Cascade:
         settings: CascadeSettings = CascadeSettings(),
         *,
         on_cloud: Callable[[str], None] | None = None,
+        recorder: Recorder | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         info = edge.info
@@ -165,6 +168,7 @@ class Cascade:
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock)
         self._inflight = threading.BoundedSemaphore(settings.max_cloud_inflight)
         self._on_cloud = on_cloud
+        self.recorder = recorder  # --record: what the cloud answered, for a later convert --feedback
         self._who = f"model {info.name!r}"  # formatted once: it is only read when a check fails
         self._labels = frozenset(info.labels)  # a cloud answer outside them is garbage, not an answer
         # a batched edge model drops a request whose deadline passes while it queues; a plain one runs it
@@ -174,7 +178,7 @@ class Cascade:
     def with_edge(self, edge: LogitModel) -> Cascade:
         """A cascade for another edge model that shares this one's cloud, settings, circuit breaker
         and cloud in-flight cap (a hot reload swaps the edge model, not the cloud's state)."""
-        other = Cascade(edge, self.cloud, self.settings, on_cloud=self._on_cloud)
+        other = Cascade(edge, self.cloud, self.settings, on_cloud=self._on_cloud, recorder=self.recorder)
         other.breaker = self.breaker
         other._inflight = self._inflight
         return other
@@ -227,9 +231,22 @@ class Cascade:
                     latency_ms=latency,
                     model_name=info.name,
                     model_version=info.version,
+                    edge_label=edge_top[0][0],
                 )
             )
+        if self.recorder is not None and cloud_answers:
+            self._record(texts, logits, edge_scores, cloud_answers, info)
         return predictions
+
+    def _record(self, texts, logits: np.ndarray, edge_scores, cloud_answers: dict[int, tuple[str, float]], info) -> None:
+        """What the cloud answered, with the edge's top-5 for the same texts (``--record``)."""
+        rows = sorted(cloud_answers)
+        tops, _ = edge_answers(logits[rows], info.temperature, info.labels, RECORD_TOP_K)
+        for i, top in zip(rows, tops):
+            label, score = cloud_answers[i]
+            self.recorder.record(texts[i], edge_top_k=top, edge_score=edge_scores[i], cloud_label=label,
+                                 cloud_score=score, model_name=info.name, model_version=info.version,
+                                 route=Route.CLOUD.value)
 
     def _ask_cloud(
         self, cloud: CloudClient, texts: list[str], deadline: float | None

@@ -16,7 +16,11 @@ process-global one, so tests (or a process serving two models) can build several
 * ``edgekit_batch_size``: texts per edge model call (micro-batching at work);
 * ``edgekit_cloud_calls_total{outcome}`` (ok, error, timeout) and
   ``edgekit_cloud_skipped_total{reason}`` (breaker_open, saturated, no_time_left);
-* ``edgekit_cloud_breaker_open``: 1 while the circuit breaker keeps the cloud paused.
+* ``edgekit_cloud_breaker_open``: 1 while the circuit breaker keeps the cloud paused;
+* with a bundle that carries a reference (``MonitorSettings.drift``): the live confidence,
+  labels, cloud agreement and drift scores of :mod:`edgekit.runtime.monitor_metrics`;
+* with ``MonitorSettings.record`` (``--record DIR``): ``edgekit_records_*`` of
+  :mod:`edgekit.runtime.recorder`.
 """
 
 from __future__ import annotations
@@ -32,14 +36,17 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from edgekit.errors import CloudUnavailable, ConfigError, DeadlineExceeded, InvalidInput, ModelError, Overloaded
+from edgekit.monitoring import DriftMonitor, DriftSettings
 from edgekit.runtime.batching import BatchedModel, BatchSettings
 from edgekit.runtime.cascade import Cascade, CascadeSettings, CircuitBreaker
+from edgekit.runtime.monitor_metrics import MonitorMetrics, register_monitor_metrics
+from edgekit.runtime.recorder import Recorder, RecorderSettings
 from edgekit.runtime.types import ClassifyOptions, LogitModel, ModelInfo, Prediction, Route
 
 if TYPE_CHECKING:  # pragma: no cover - the cloud clients need grpc; the data plane does not
     from edgekit.runtime.cloud import CloudClient
 
-__all__ = ["DataPlane", "Limits", "WARMUP_TEXTS", "make_options"]
+__all__ = ["DataPlane", "Limits", "MonitorSettings", "WARMUP_TEXTS", "make_options"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,14 @@ class Limits:
         if self.max_queue < self.max_texts:
             raise ConfigError(f"max_queue (--max-queue) is {self.max_queue} texts; it must hold at least one full "
                               f"request ({self.max_texts} texts)")
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """What the data plane watches besides its request metrics."""
+
+    drift: DriftSettings | None = DriftSettings()  # None: no drift monitoring (also off for bundles without a reference)
+    record: RecorderSettings | None = None  # --record DIR: what the cloud answered, for convert --feedback
 
 
 def make_options(top_k: int = 1, allow_cloud: bool = True, threshold: float | None = None) -> ClassifyOptions:
@@ -187,6 +202,7 @@ class DataPlane:
         limits: Limits = Limits(),
         registry: CollectorRegistry | None = None,
         warmup_texts: Sequence[str] = WARMUP_TEXTS,
+        monitor: MonitorSettings = MonitorSettings(),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.limits = limits
@@ -195,6 +211,11 @@ class DataPlane:
         self._batching = batching
         self._warmup_texts = tuple(warmup_texts)
         self._metrics = _Metrics(self.registry, model.info.backend)
+        self._recorder = Recorder(monitor.record, registry=self.registry) if monitor.record is not None else None
+        self._drift_settings = monitor.drift
+        self._drift: MonitorMetrics | None = None  # registered with the first model that has a reference
+        self._drift_on = False  # does the model served now have a reference?
+        self._watch_drift(model)
         self._current = self._generation(model, None)
         self._metrics.watch(self._current.cascade.breaker)
         self._ready = threading.Event()
@@ -206,10 +227,23 @@ class DataPlane:
     def _generation(self, model: LogitModel, previous: Cascade | None) -> _Generation:
         batched = BatchedModel(model, self._batching, on_batch=self._metrics.batch_size.observe)
         if previous is None:
-            cascade = Cascade(batched, self._cloud, self._cascade_settings, on_cloud=self._metrics.cloud_outcome)
+            cascade = Cascade(batched, self._cloud, self._cascade_settings, on_cloud=self._metrics.cloud_outcome,
+                              recorder=self._recorder)
         else:
             cascade = previous.with_edge(batched)  # same cloud, breaker and in-flight cap
         return _Generation(model, batched, cascade)
+
+    def _watch_drift(self, model: LogitModel) -> None:
+        """Compare the traffic with ``model``'s reference from now on (a fresh window per model)."""
+        reference = getattr(model.info, "reference", None)
+        self._drift_on = self._drift_settings is not None and reference is not None
+        if not self._drift_on:
+            return
+        monitor = DriftMonitor(reference, self._drift_settings)
+        if self._drift is None:
+            self._drift = register_monitor_metrics(self.registry, monitor)
+        else:
+            self._drift.watch(monitor)
 
     @property
     def ready(self) -> bool:
@@ -231,7 +265,10 @@ class DataPlane:
     def model_info(self) -> ModelInfo:
         """The served model's info, with the threshold this server actually applies."""
         current = self._current
-        return dataclasses.replace(current.model.info, threshold=current.cascade.threshold)
+        info = dataclasses.replace(current.model.info, threshold=current.cascade.threshold)
+        if self._drift_on:
+            info = dataclasses.replace(info, summary={**info.summary, "drift": self._drift.monitor.snapshot()})
+        return info
 
     def swap_model(self, model: LogitModel) -> ModelInfo:
         """Serve ``model`` from now on, without dropping a request (hot reload).
@@ -259,6 +296,7 @@ class DataPlane:
                 old.retired = True
                 idle = old.inflight == 0
             self._metrics.use_backend(model.info.backend)
+            self._watch_drift(model)
             if idle:
                 old.close()
         log.info("event=model_swapped model=%s version=%s previous_version=%s backend=%s",
@@ -305,6 +343,11 @@ class DataPlane:
             self._metrics.request_failed(exc)
             raise
         self._metrics.request_done(predictions)
+        if self._drift_on:
+            try:
+                self._drift.observe_predictions(texts, predictions)
+            except Exception:  # watching must never cost a shopper an answer
+                log.exception("event=drift_observe_failed")
         return predictions
 
     def request_counts(self) -> dict[str, int]:
@@ -350,6 +393,8 @@ class DataPlane:
         self._current.close()
         if self._cloud is not None:
             self._cloud.close()
+        if self._recorder is not None:  # after the last request: every record it made is in the file
+            self._recorder.close()
 
 
 class _Generation:

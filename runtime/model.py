@@ -15,6 +15,7 @@ import numpy as np
 
 from edgekit.errors import ManifestError
 from edgekit.manifest import MANIFEST_NAME, Manifest
+from edgekit.monitoring import Reference
 from edgekit.runtime.backends import load_backend, resolve_backend
 from edgekit.runtime.tokenize import TextTokenizer
 from edgekit.runtime.types import ModelInfo, check_logits
@@ -44,6 +45,7 @@ class BundleModel:
             temperature=manifest.calibration.temperature,
             threshold=manifest.calibration.threshold,
             summary=manifest.summary(),
+            reference=Reference.from_dict(manifest.reference) if manifest.reference else None,
         )
 
     @property

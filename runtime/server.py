@@ -27,7 +27,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from edgekit.runtime.batching import BatchSettings
 from edgekit.runtime.cascade import CascadeSettings
-from edgekit.runtime.dataplane import WARMUP_TEXTS, DataPlane, Limits
+from edgekit.runtime.dataplane import WARMUP_TEXTS, DataPlane, Limits, MonitorSettings
 from edgekit.runtime.grpc import edgekit_pb2_grpc, grpc_predict_v2_pb2_grpc
 from edgekit.runtime.grpc.servicers import (
     SERVICE_NAMES,
@@ -76,6 +76,7 @@ class ServerSettings:
     warmup_texts: Sequence[str] = WARMUP_TEXTS
     reuse_port: bool = False  # SO_REUSEPORT: set for the processes of `serve --workers N` only
     security: Security = field(default_factory=Security)  # TLS, mutual TLS, bearer tokens
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)  # drift watch, --record
 
 
 class EdgeServer:
@@ -308,7 +309,7 @@ def build_server(model: LogitModel, settings: ServerSettings | None = None, *, c
     settings = settings or ServerSettings()
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     dataplane = DataPlane(model, cloud=cloud, cascade=settings.cascade, batching=settings.batching,
-                          limits=settings.limits, warmup_texts=settings.warmup_texts)
+                          limits=settings.limits, warmup_texts=settings.warmup_texts, monitor=settings.monitor)
     try:
         server = EdgeServer(dataplane, settings=settings, reloader=reloader)
     except BaseException:

@@ -60,6 +60,7 @@ class Prediction:
     latency_ms: float
     model_name: str
     model_version: str
+    edge_label: str = ""  # the edge model's own top label (for CLOUD answers too: drift and agreement read it)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class ModelInfo:
     temperature: float
     threshold: float
     summary: dict[str, Any] = field(default_factory=dict)  # manifest summary (JSON-able)
+    # what normal traffic looks like (edgekit.monitoring.Reference, from the bundle's manifest); None: unknown
+    reference: Any = field(default=None, compare=False, repr=False)
 
 
 @runtime_checkable

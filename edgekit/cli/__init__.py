@@ -24,6 +24,7 @@ _COMMANDS = {
     "convert": "convert:command",
     "demo": "demo:command",
     "finetune": "finetune:command",
+    "monitor": "monitor:command",
     "predict": "predict:command",
     "reload": "reload:command",
     "serve": "serve:command",

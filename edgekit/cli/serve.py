@@ -1,4 +1,5 @@
-"""``edgekit serve`` (an edge bundle, with cloud fallback) and ``edgekit serve-cloud`` (the torch model).
+"""``edgekit serve`` (an edge bundle, with cloud fallback) and ``edgekit serve-cloud`` (the torch model;
+``--engine triton``: on NVIDIA Triton through :mod:`edgekit.runtime.triton`, in the cloud extra's venv).
 
 Both print one line when ready, ``serving <name> (<format>/<precision>, backend <b>) on
 HOST:PORT``, with the real port also for ``--port 0``, so scripts can parse it; then they
@@ -22,7 +23,7 @@ from edgekit.cli._options import cloud_protocol_choice, engine_choice
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.batching import BatchSettings
     from edgekit.runtime.cloud import CloudClient
-    from edgekit.runtime.dataplane import Limits
+    from edgekit.runtime.dataplane import Limits, MonitorSettings
     from edgekit.runtime.security import Security
     from edgekit.runtime.server import ServerSettings
     from edgekit.runtime.types import LogitModel
@@ -179,6 +180,70 @@ def _cloud_client(target: str | None, protocol: str, model_name: str | None, tls
     return spec.make_client(target, model_name, **security)
 
 
+_MONITOR_OPTIONS = ("drift_window", "drift_threshold", "no_drift", "record", "record_max_bytes", "record_max_files",
+                    "record_max_age_days", "record_fsync", "redact", "no_redact")
+
+
+def _monitor_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Drift watch and ``--record``, handed to ``serve`` as one ``monitor`` callable that checks them
+    and returns the MonitorSettings (ConfigError on bad values or --record-* without --record)."""
+
+    @functools.wraps(f)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in _MONITOR_OPTIONS}
+        return f(*args, monitor=functools.partial(_monitor_settings, click.get_current_context(), given), **kwargs)
+
+    options = [
+        click.option("--drift-window", type=click.IntRange(min=1), default=1000, show_default=True,
+                     help="Texts in the sliding window compared with the bundle's validation reference."),
+        click.option("--drift-threshold", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True,
+                     help="Population stability index above which a signal (confidence, labels, length) drifts: "
+                          "one warning per episode, edgekit_drift_alert, GetModelInfo."),
+        click.option("--no-drift", is_flag=True, default=False, help="Do not watch drift."),
+        click.option("--record", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+                     help="Append each query the cloud answered (redacted text, edge top-5, cloud label) to "
+                          "rotated JSONL files in DIR, for `edgekit convert --feedback DIR`. Off by default."),
+        click.option("--record-max-bytes", type=click.IntRange(min=1), default=64 * 1024 * 1024, show_default=True,
+                     help="[record] Size of one file before the next starts."),
+        click.option("--record-max-files", type=click.IntRange(min=0), default=16, show_default=True,
+                     help="[record] Files kept, oldest deleted first (0: no limit)."),
+        click.option("--record-max-age-days", type=click.FloatRange(min=0), default=30.0, show_default=True,
+                     help="[record] Retention: files older than this are deleted (0: no limit)."),
+        click.option("--record-fsync", type=click.Choice(["never", "rotate", "always"]), default="rotate",
+                     show_default=True, help="[record] When records are forced to disk (a power cut; a crash "
+                                             "of the server never loses an acknowledged record)."),
+        click.option("--redact", type=click.Choice(["email", "phone", "number"]), multiple=True,
+                     help="[record] Personal data replaced in recorded texts (repeatable; default: all three)."),
+        click.option("--no-redact", is_flag=True, default=False, help="[record] Record texts as they came."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _monitor_settings(ctx: click.Context, given: dict[str, Any]):
+    from edgekit.errors import ConfigError
+    from edgekit.monitoring import DriftSettings
+    from edgekit.runtime.dataplane import MonitorSettings
+    from edgekit.runtime.recorder import RecorderSettings
+
+    if given["no_drift"]:
+        _refuse_given(ctx, ("drift_window", "drift_threshold"), "drift watching (without --no-drift)")
+    drift = None if given["no_drift"] else DriftSettings(window=given["drift_window"],
+                                                         threshold=given["drift_threshold"])
+    if given["record"] is None:
+        _refuse_given(ctx, _MONITOR_OPTIONS[4:], "--record DIR")
+        return MonitorSettings(drift=drift)
+    if given["redact"] and given["no_redact"]:
+        raise ConfigError("--redact and --no-redact contradict each other")
+    redact = () if given["no_redact"] else (given["redact"] or ("email", "phone", "number"))
+    record = RecorderSettings(directory=given["record"], max_bytes=given["record_max_bytes"],
+                              max_files=given["record_max_files"] or None,
+                              max_age_days=given["record_max_age_days"] or None,
+                              fsync=given["record_fsync"], redact=frozenset(redact))
+    return MonitorSettings(drift=drift, record=record)
+
+
 @click.command("serve")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True,
@@ -203,9 +268,13 @@ def _cloud_client(target: str | None, protocol: str, model_name: str | None, tls
 @click.option("--cloud-tls-key", type=_FILE, default=None, help="Client key (PEM) of --cloud-tls-cert.")
 @click.option("--cloud-token-file", type=_FILE, default=None,
               help="Send the first token of this file (chmod 600) to the cloud as 'authorization: Bearer <token>'.")
+@click.option("--skip-cloud-label-check", is_flag=True, default=False,
+              help="Do not ask the cloud model for its labels at start-up (by default a model whose labels differ "
+                   "from the bundle's, or that declares none, is refused).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes sharing the port (SO_REUSEPORT), each with --threads engine threads "
                    "(default: cores / workers); /metrics sums them.")
+@_monitor_options
 @_server_options
 def command(
     bundle: Path,
@@ -222,8 +291,10 @@ def command(
     cloud_tls_cert: Path | None,
     cloud_tls_key: Path | None,
     cloud_token_file: Path | None,
+    skip_cloud_label_check: bool,
     workers: int,
     server: _ServerOptions,
+    monitor: Callable[[], MonitorSettings],
 ) -> None:
     """Serve an edge BUNDLE over gRPC (edgekit.v1 and KServe/Triton v2), falling back to a cloud model.
 
@@ -235,6 +306,7 @@ def command(
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve")
     limits = server.limits()  # bad values fail here, once, also before --workers start
     security = server.security()
+    monitoring = monitor()
     if workers > 1:
         checked = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert,
                                 cloud_tls_key, cloud_token_file)  # bad option pairs fail here, once
@@ -252,6 +324,8 @@ def command(
         from edgekit.runtime.model import load_bundle_model
 
         model = load_bundle_model(bundle, backend=backend, threads=threads)
+        if cloud is not None and not skip_cloud_label_check:
+            _check_cloud_labels(cloud, model.info.labels, cloud_timeout_ms)
     except BaseException:
         if cloud is not None:
             cloud.close()
@@ -261,9 +335,17 @@ def command(
     from edgekit.runtime.workers import REUSE_PORT_ENV
 
     settings = server.settings(port, batching=batching, limits=limits, security=security, cascade=cascade,
-                               reuse_port=os.environ.get(REUSE_PORT_ENV) == "1")
+                               reuse_port=os.environ.get(REUSE_PORT_ENV) == "1", monitor=monitoring)
     _serve(model, settings, cloud=cloud, grace_s=server.grace_s,
            reloader=lambda: load_bundle_model(bundle, backend=backend, threads=threads))
+
+
+def _check_cloud_labels(cloud: CloudClient, labels: tuple[str, ...], cloud_timeout_ms: float) -> None:
+    """The cloud model must answer with the bundle's labels: refused now if it does not (ModelError, one
+    line); a cloud that cannot be asked now is asked before its first call (runtime.cloud)."""
+    expect = getattr(cloud, "expect_labels", None)  # a third-party protocol's client may not offer it
+    if expect is not None:
+        expect(labels, timeout_s=max(cloud_timeout_ms / 1000, 5.0))  # start-up: more patient than one call
 
 
 def _serve_workers(ctx: click.Context, workers: int) -> None:
@@ -277,8 +359,14 @@ def _serve_workers(ctx: click.Context, workers: int) -> None:
     skip = {"bundle", "workers", "metrics_port", "port", "threads"}
     flags = {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option)}
     argv = [sys.executable, "-m", "edgekit", "serve", str(params["bundle"]), "--threads", str(threads)]
+    from click.core import ParameterSource
+
     for name, value in params.items():
-        if name in skip or value is None or value is False:
+        # only what the user gave: a default passed on would count as given (--record-max-bytes without --record)
+        if name in skip or value is None or value is False or ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
+            continue
+        if isinstance(value, tuple):  # a repeatable option (--redact): once per value
+            argv += [arg for item in value for arg in (flags[name], str(item))]
             continue
         argv += [flags[name]] if value is True else [flags[name], str(value)]
     params_port = params["port"]
@@ -287,21 +375,84 @@ def _serve_workers(ctx: click.Context, workers: int) -> None:
     ctx.exit(code)
 
 
+# --engine triton only (its settings: edgekit.runtime.triton.TritonSettings); the built-in server's own
+# options are refused with --engine triton, these without it: no option is silently ignored.
+_TRITON_OPTIONS = ("model_name", "http_port", "triton_max_batch_size", "triton_queue_delay_us",
+                   "triton_dynamic_batching", "instances", "top_k")
+_BUILTIN_ONLY = ("max_batch_size", "max_wait_ms", "grace_s", "max_workers", "max_queue", "max_inflight",
+                 "tls_cert", "tls_key", "tls_client_ca", "auth_token_file", "health_open")
+
+
+def _triton_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--engine triton`` options, handed to the command as one ``triton`` dict."""
+
+    @functools.wraps(f)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        return f(*args, triton={name: kwargs.pop(name) for name in _TRITON_OPTIONS}, **kwargs)
+
+    options = [
+        click.option("--model-name", metavar="NAME", default=None,
+                     help="[triton] Name of the model on the Triton server (the edge's --cloud-model). "
+                          "Default: MODEL_DIR's name, other characters than [a-zA-Z0-9._-] made '-'."),
+        click.option("--http-port", type=click.IntRange(0, 65535), default=None,
+                     help="[triton] Serve Triton's HTTP/REST endpoint (/v2: health, metadata, infer) on this "
+                          "port too (0: any free port). Default: gRPC only."),
+        click.option("--triton-max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="[triton] Texts per model call (Triton's max_batch_size), also the most one request "
+                          "may send."),
+        click.option("--triton-queue-delay-us", type=click.IntRange(min=0), default=500, show_default=True,
+                     help="[triton] How long Triton's dynamic batcher may hold a request to merge it with others."),
+        click.option("--triton-dynamic-batching/--no-triton-dynamic-batching", default=True, show_default=True,
+                     help="[triton] Let Triton merge concurrent requests into one model call."),
+        click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="[triton] Model instances: copies of the model, each with its own inference thread."),
+        click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+                     help="[triton] Width of the top_labels / top_scores outputs (at most the number of labels)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _refuse_given(ctx: click.Context, names: tuple[str, ...], applies_to: str) -> None:
+    """ConfigError naming the first option of ``names`` given on the command line."""
+    from click.core import ParameterSource
+
+    from edgekit.errors import ConfigError
+
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    for name in names:
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+            raise ConfigError(f"{flags[name]} applies to {applies_to} only")
+
+
 @click.command("serve-cloud")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=50052, show_default=True,
-              help="Port to listen on; 0 picks a free one (printed).")
+              help="Port to listen on (gRPC); 0 picks a free one (printed).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--engine", type=click.Choice(["edgekit", "triton"]), default="edgekit", show_default=True,
+              help="edgekit: the built-in gRPC server (edgekit.v1 and v2); triton: NVIDIA Triton Inference Server "
+                   "through PyTriton (Open Inference Protocol v2; the cloud extra, in a venv of its own: see README).")
+@_triton_options
 @_server_options
 def cloud_command(
     model_dir: Path,
     port: int,
     device: str,
+    engine: str,
+    triton: dict[str, Any],
     server: _ServerOptions,
 ) -> None:
     """Serve the fine-tuned torch model in MODEL_DIR as the cloud model (it answers every text itself)."""
     from edgekit.deps import require
 
+    ctx = click.get_current_context()
+    if engine == "triton":
+        _refuse_given(ctx, _BUILTIN_ONLY, "--engine edgekit")
+        _serve_triton(model_dir, port, device, triton, server)
+        return
+    _refuse_given(ctx, _TRITON_OPTIONS, "--engine triton")
     require(*_RUNTIME_MODULES, extra="runtime", what="edgekit serve-cloud")
     require("torch", "transformers", extra="convert", what="edgekit serve-cloud")
     from edgekit.runtime.model import load_model
@@ -312,3 +463,21 @@ def cloud_command(
     model = load_model(model_dir, device=device)  # a model directory: the torch engine
     _serve(model, server.settings(port, batching=batching, limits=limits, security=security), cloud=None,
            grace_s=server.grace_s, reloader=lambda: load_model(model_dir, device=device))
+
+
+def _serve_triton(model_dir: Path, port: int, device: str, triton: dict[str, Any], server: _ServerOptions) -> None:
+    """``serve-cloud --engine triton``: the model bound to Triton (edgekit.runtime.triton), until SIGTERM/Ctrl-C."""
+    from edgekit.deps import require
+    from edgekit.runtime.triton import TritonSettings, default_model_name, serve_triton
+
+    settings = TritonSettings(  # bad values fail here, before anything heavy is looked for
+        model_name=triton["model_name"] or default_model_name(model_dir), host=server.host, grpc_port=port,
+        http_port=triton["http_port"], metrics_port=server.metrics_port,
+        max_batch_size=triton["triton_max_batch_size"], queue_delay_us=triton["triton_queue_delay_us"],
+        dynamic_batching=triton["triton_dynamic_batching"], instances=triton["instances"], top_k=triton["top_k"],
+    )
+    server.security()  # plaintext off loopback needs --insecure, as for the built-in server
+    require("pytriton", extra="cloud", what="serve-cloud --engine triton")
+    if not (model_dir / "manifest.json").is_file():  # a model directory: the torch engine (a bundle: its own)
+        require("torch", "transformers", extra="cloud", what="serve-cloud --engine triton")
+    serve_triton(model_dir, settings, device=device, echo=click.echo)
