@@ -106,6 +106,7 @@ class MonitorMetrics:
         self.monitor = monitor
         self._show(monitor.state())
 
+    # The signature of DriftMonitor.observe on purpose: this feeds the monitor, then the metrics.
     def observe(
         self,
         confidences: Sequence[float],
