@@ -304,7 +304,20 @@ class Recorder:
             log.warning("event=record_invalid id=%s error=%r", record_id, exc)
             self._dropped["invalid"].inc()
             return None
-        day = stamp[:10]
+        written = self._append(data, now, stamp[:10])
+        if written is None:  # closed meanwhile (counted)
+            return None
+        if not written:
+            self._dropped["error"].inc()
+            return None
+        self._written.inc()
+        for kind, n in found.items():
+            self._redacted[kind].inc(n)
+        return record_id
+
+    def _append(self, data: bytes, now: float, day: str) -> bool | None:
+        """Write one encoded line (rolling over to a new file when needed): True once it is in the file,
+        False if the write failed, None if the recorder was closed meanwhile (counted as such)."""
         opened, retired, synced = False, None, None  # finished outside the lock
         with self._lock:
             if self._closed:
@@ -333,13 +346,7 @@ class Recorder:
                 self._failed(exc)
             finally:
                 os.close(synced)
-        if not written:
-            self._dropped["error"].inc()
-            return None
-        self._written.inc()
-        for kind, n in found.items():
-            self._redacted[kind].inc(n)
-        return record_id
+        return written
 
     def _open(self, now: float, day: str) -> None:
         """A new file of this process (lock held); the previous one is retired by the caller."""
