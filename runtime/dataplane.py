@@ -235,7 +235,7 @@ class DataPlane:
 
     def _watch_drift(self, model: LogitModel) -> None:
         """Compare the traffic with ``model``'s reference from now on (a fresh window per model)."""
-        reference = getattr(model.info, "reference", None)
+        reference = model.info.reference
         self._drift_on = self._drift_settings is not None and reference is not None
         if not self._drift_on:
             return

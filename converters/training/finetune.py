@@ -121,7 +121,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     test_accuracy = None
     if test_ds is not None:
         y_test = label_ids(test_ds.labels, labels, where=str(config.test))
-        test_accuracy = _steps(tokenizer, config.max_length, test_ds.texts, y_test)[2](model)
+        test_accuracy = _accuracy(model, tokenizer, test_ds.texts, y_test, config.max_length)
     record = _record(config, base_dir, model.pooling, labels, probe_accuracy, result, train_ds, val_ds)
     record["test_accuracy"] = test_accuracy
     out = Path(config.out)
@@ -133,7 +133,7 @@ def _steps(tokenizer, max_length: int, val_texts, y_val):
     """The batch builder, the loss (cross-entropy on the labels) and the validation accuracy."""
     import torch
 
-    from edgekit.converters.training.loop import encode, predict_logits
+    from edgekit.converters.training.loop import encode
 
     def collate(items: list[tuple[str, int]]) -> dict:
         batch = encode(tokenizer, [t for t, _ in items], max_length)
@@ -144,10 +144,15 @@ def _steps(tokenizer, max_length: int, val_texts, y_val):
         return m(**batch).loss
 
     def evaluate(m) -> float:
-        logits = predict_logits(m, tokenizer, val_texts, max_length=max_length)
-        return float((logits.argmax(-1) == y_val).mean())
+        return _accuracy(m, tokenizer, val_texts, y_val, max_length)
 
     return collate, loss_fn, evaluate
+
+
+def _accuracy(model, tokenizer, texts, y, max_length: int) -> float:
+    from edgekit.converters.training.loop import predict_logits
+
+    return float((predict_logits(model, tokenizer, texts, max_length=max_length).argmax(-1) == y).mean())
 
 
 def _record(config: FinetuneConfig, base_dir: Path, pooling: str, labels: list[str], probe_accuracy, result,
