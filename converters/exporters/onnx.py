@@ -111,8 +111,14 @@ class OnnxExporter:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             export_fp32(inputs, fp32)
-            if options is None:
+            # Fuse before quantizing (Optimum's order: ORTOptimizer, then ORTQuantizer): the dynamic
+            # quantizer then turns fused Attention into QAttention. On the banking77 student this made
+            # onnx int8 about 8% faster at batch 1 with identical test accuracy (RESULTS.md). Static
+            # QDQ keeps the unfused graph: on the fused one quantize_static fails (no valid scale
+            # for the classifier's bias input, onnxruntime 1.32).
+            if options is None or options["mode"] == "dynamic":
                 details["fused"] = fuse(fp32, inputs.wrapper.model.config)
+            if options is None:
                 shutil.move(fp32, target)
             else:
                 self._quantize(inputs, fp32, Path(tmp), target, options)
@@ -128,6 +134,7 @@ class OnnxExporter:
 
     @staticmethod
     def _quantize(inputs: ExportInputs, fp32: Path, tmp: Path, target: Path, options: dict) -> None:
+        import onnx
         from onnxruntime.quantization import (
             CalibrationMethod,
             QuantFormat,
@@ -144,7 +151,12 @@ class OnnxExporter:
         try:
             if options["mode"] == "dynamic":
                 quantize_dynamic(
-                    str(prepared), str(target), weight_type=weight_type, per_channel=options["per_channel"]
+                    str(prepared),
+                    str(target),
+                    weight_type=weight_type,
+                    per_channel=options["per_channel"],
+                    # shape inference cannot type the outputs of the fused contrib ops: they are float
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
             else:
                 quantize_static(

@@ -32,3 +32,16 @@ def test_onnx_roundtrip(tmp_path, tiny_export_inputs, small_splits, variant):
     # dynamic axes: another batch size and sequence length run too
     ids2, mask2 = tiny_export_inputs.encode(texts[:3], 32)
     assert backend.run(ids2, mask2).shape == (3, ref.shape[1])
+
+
+def test_dynamic_int8_quantizes_the_fused_graph(tmp_path, tiny_export_inputs):
+    """The transformer fusions run before dynamic quantization, so attention becomes QAttention."""
+    import onnx
+
+    from edgekit.converters.exporters import get_exporter
+
+    art = get_exporter("onnx").export(tiny_export_inputs, "int8-dynamic-per-channel", tmp_path / "q")
+    ops = {node.op_type for node in onnx.load(str(art.directory / "model.onnx")).graph.node}
+    assert art.details["fused"] is True
+    assert "QAttention" in ops, sorted(ops)
+    assert "Softmax" not in ops  # no unfused attention left
