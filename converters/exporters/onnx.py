@@ -113,9 +113,9 @@ class OnnxExporter:
             export_fp32(inputs, fp32)
             # Fuse before quantizing (Optimum's order: ORTOptimizer, then ORTQuantizer): the dynamic
             # quantizer then turns fused Attention into QAttention. On the banking77 student this made
-            # onnx int8 about 8% faster at batch 1 with identical test accuracy (RESULTS.md). Static
-            # QDQ keeps the unfused graph: on the fused one quantize_static fails (no valid scale
-            # for the classifier's bias input, onnxruntime 1.32).
+            # onnx int8 4-8% faster at batch 1 with the same test accuracy
+            # (benchmarks/onnx_fused_int8.py). Static QDQ keeps the unfused graph: on the fused one
+            # quantize_static fails (no valid scale for the classifier's bias input, onnxruntime 1.32).
             if options is None or options["mode"] == "dynamic":
                 details["fused"] = fuse(fp32, inputs.wrapper.model.config)
             if options is None:
