@@ -4,7 +4,9 @@ Steps: load and check data and teacher; distil; prune the vocabulary; export eve
 every target; load each artifact with the *runtime* backend (what the device will run) and
 measure accuracy, agreement and latency; calibrate; choose per format; gate on accuracy; write
 bundles and the report. Everything is built in a temporary directory and moved into place at
-the end, so a failed or interrupted run leaves no half bundle.
+the end, so a failed or interrupted run leaves no half bundle. With ``feedback`` (``--feedback
+DIR``) what the cloud answered in service joins the transfer set and the report compares the new
+bundles with the one in service (:mod:`edgekit.converters.feedback`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Candidate:
     risk_coverage: list[dict] = field(default_factory=list)
     status: str = "rejected"  # written | rejected | not-selected
     reason: str = ""
+    test_answers: Any = None  # edgekit.converters.feedback.Answers on the test split (calibrated)
 
     @property
     def name(self) -> str:
@@ -140,9 +143,15 @@ class Run:
     work: Path
     echo: Callable[[str], None]
     timer: StageTimer
+    feedback: Any = None  # edgekit.converters.feedback.FeedbackSet (--feedback DIR): in data.unlabeled too
+    feedback_report: dict[str, Any] | None = None  # its report section, once the bundles are compared
 
     def teacher_logits(self, texts, note, pooled: bool = False):
-        return _score_with_teacher(self.config, self.data, self.teacher, texts, note, pooled)
+        """The teacher's outputs for the transfer set; the recorded texts' rows hold the cloud's answers."""
+        def score(some):
+            return _score_with_teacher(self.config, self.data, self.teacher, some, note, pooled)
+
+        return score(texts) if self.feedback is None else self.feedback.teacher_outputs(texts, score)
 
 
 def _score_with_teacher(config: ConvertConfig, data: Splits, teacher: Teacher, texts, note, pooled: bool = False):
@@ -197,20 +206,26 @@ def _load_teacher(config: ConvertConfig, echo, timer: StageTimer) -> tuple[Teach
     return teacher, data
 
 
-def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> ConvertResult:
+def convert(config: ConvertConfig, echo: Callable[[str], None] = print, *, feedback=None) -> ConvertResult:
+    """``feedback``: :class:`edgekit.converters.feedback.FeedbackSettings` (``--feedback DIR``), or None."""
     from edgekit.converters.training.student import make_student
 
     targets = _targets(config)
+    answers = _read_feedback(feedback)  # before anything slow: a bad --feedback DIR fails at once
     timer = StageTimer(echo)
     teacher, data = _load_teacher(config, echo, timer)
+    recorded = _add_feedback(config, data, feedback, answers, echo) if feedback is not None else None
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".edgekit-convert-", dir=out) as tmp:
-        run = Run(config, data, teacher, Path(tmp), echo, timer)
+        run = Run(config, data, teacher, Path(tmp), echo, timer, feedback=recorded)
         student_dir, student_info = make_student(run)
         teacher.model = None  # the student is trained: the teacher's weights are not needed any more
         candidates = _export_all(run, targets, student_dir)
         failures = _select(candidates, teacher.row["accuracy"], config)
+        if recorded is not None:
+            with timer.stage("feedback comparison"):
+                run.feedback_report = _compare_feedback(run, feedback, candidates)
         rows = _write_outputs(run, out, candidates, student_info)
     echo(timer.summary())
     if failures and config.allow_accuracy_drop:
@@ -225,6 +240,64 @@ def convert(config: ConvertConfig, echo: Callable[[str], None] = print) -> Conve
     return ConvertResult(out, bundles, rows, teacher.row)
 
 
+def _read_feedback(feedback) -> list | None:
+    """The recorded cloud answers of ``--feedback DIR``, and the baseline bundle checked (ConfigError if bad)."""
+    if feedback is None:
+        return None
+    from edgekit.converters.feedback import check_baseline, read_feedback
+
+    if feedback.baseline is not None:
+        check_baseline(feedback.baseline)
+    return read_feedback(feedback.directory)
+
+
+def _add_feedback(config: ConvertConfig, data: Splits, feedback, answers: list, echo):
+    """The recorded texts, deduplicated and weighted, added to the transfer set (as KD-only texts)."""
+    from edgekit.converters.feedback import build_feedback, check_baseline
+
+    if feedback.baseline is not None:
+        check_baseline(feedback.baseline, data.labels)
+    recorded = build_feedback(answers, data.labels, directory=feedback.directory, weight=feedback.weight,
+                              training=data.train.texts, held_out=data.val.texts + data.test.texts,
+                              seed=config.seed, echo=echo)
+    c = recorded.counts
+    echo(f"feedback: {c['read']} records in {feedback.directory}; {c['used']} texts used ({c['duplicates']} "
+         f"duplicates merged, {c['in_training']} training and {c['in_held_out']} validation/test texts left out, "
+         f"{c['unknown_label']} with unknown labels skipped); {len(recorded.copies)} enter the transfer set "
+         f"(weight {feedback.weight:g}) with the cloud's answers as soft targets")
+    user = list(data.unlabeled.texts) if data.unlabeled is not None else []
+    source = f"{data.unlabeled.source} + " if data.unlabeled is not None else ""
+    data.unlabeled = Dataset(tuple(user + recorded.copies), (), f"{source}feedback {feedback.directory}")
+    return recorded
+
+
+def _compare_feedback(run: Run, feedback, candidates: list[Candidate]) -> dict[str, Any]:
+    """The report's feedback section: what was read and used, and the new bundles against the baseline."""
+    from edgekit.converters.feedback import bundle_answers, check_baseline, compare_bundles
+
+    recorded, data = run.feedback, run.data
+    new = {c.name: (bundle_answers(c.directory, recorded.texts, data.labels, temperature=c.calibration.temperature,
+                                   threshold=c.calibration.threshold), c.test_answers)
+           for c in candidates if c.status == "written"}
+    section = recorded.summary()
+    baseline = None
+    if feedback.baseline is not None:
+        manifest = check_baseline(feedback.baseline, data.labels)
+        baseline = (bundle_answers(feedback.baseline, recorded.texts, data.labels),
+                    bundle_answers(feedback.baseline, data.test.texts, data.labels))
+        asked = recorded.versions.get(manifest.version, 0)
+        section["baseline"] = {"bundle": str(Path(feedback.baseline).resolve()), "name": manifest.name,
+                               "version": manifest.version, "records_it_asked": asked}
+        if not asked:
+            run.echo(f"warning: none of the records came from the baseline's version {manifest.version} "
+                     f"(records from {', '.join(sorted(recorded.versions))}): is {feedback.baseline} the bundle "
+                     "in service?")
+    section["recorded_texts"] = len(recorded.texts)
+    section["comparison"] = compare_bundles(recorded, new, baseline, teacher_test_pred=run.teacher.test_pred,
+                                            y_test=data.y_test)
+    return section
+
+
 def _write_outputs(run: Run, out: Path, candidates: list[Candidate], student_info: dict) -> list[dict]:
     """Bundles, report.json/md and the settings used; returns the report rows."""
     from edgekit.converters.report import write_report
@@ -236,6 +309,7 @@ def _write_outputs(run: Run, out: Path, candidates: list[Candidate], student_inf
         "data": {"train": data.train.fingerprint(), "validation": data.val.fingerprint(),
                  "test": data.test.fingerprint()},
         "student": student_info,
+        **({"feedback": _feedback_provenance(run.feedback)} if run.feedback is not None else {}),
         "edgekit": __version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -245,9 +319,21 @@ def _write_outputs(run: Run, out: Path, candidates: list[Candidate], student_inf
             _write_bundle(c, out, data.labels, data.max_length, provenance, teacher.row)
     stages = {name: {"seconds": sec, "notes": sorted(set(run.timer.notes.get(name, [])))}
               for name, sec in run.timer.seconds.items()}
-    write_report(out, rows, candidates, teacher.row, student_info, stages)
+    write_report(out, rows, candidates, teacher.row, student_info, stages, feedback=run.feedback_report)
     atomic_write_text(out / "convert-config.yaml", run.config.to_yaml())
     return rows
+
+
+def _feedback_provenance(recorded) -> dict[str, Any]:
+    """Which records a bundle learned from: where, how many, a hash of the texts and targets used."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for text, target in zip(recorded.texts, recorded.targets):
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\x00" + np.round(target, 6).tobytes())
+    return {"directory": str(recorded.directory.resolve()), "records": recorded.counts["read"],
+            "texts": len(recorded.texts), "weight": recorded.weight, "sha256": digest.hexdigest(),
+            "versions": recorded.versions}
 
 
 def _export_all(run: Run, targets: list[str], student_dir: Path) -> list[Candidate]:
@@ -286,6 +372,7 @@ def _export_all(run: Run, targets: list[str], student_dir: Path) -> list[Candida
 def _measure(run: Run, art) -> Candidate:
     """Accuracy, latency, calibration and cascade of one artifact, loaded by its runtime backend."""
     from edgekit.converters.calibrate import calibrate, cascade_at, risk_coverage
+    from edgekit.converters.feedback import Answers
     from edgekit.converters.measure import batched_logits, latency_ms
     from edgekit.monitoring import build_reference
     from edgekit.runtime.model import load_bundle_model
@@ -313,7 +400,8 @@ def _measure(run: Run, art) -> Candidate:
                   _dir_size(art.directory, art.model_files), calibration=cal,
                   reference=build_reference(softmax(v_logits, cal.temperature), data.labels, data.val.texts,
                                             cal.threshold),
-                  risk_coverage=risk_coverage(scores, pred, teacher.test_pred, data.y_test))
+                  risk_coverage=risk_coverage(scores, pred, teacher.test_pred, data.y_test),
+                  test_answers=Answers(scores, pred, cal.threshold))
     c.metrics = {**classification_metrics(t_logits, data.y_test, teacher_pred=teacher.test_pred), **speed,
                  "threshold": cal.threshold, "temperature": cal.temperature, "cloud_rate": cloud_rate,
                  "cascade_accuracy": cascade, "ece_before": cal.ece_before, "ece_after": cal.ece_after}

@@ -50,10 +50,55 @@ def _student_lines(student: dict) -> list[str]:
     return lines
 
 
+def _pct_or(value, missing: str = "not reached") -> str:
+    return missing if value is None else f"{value:.1%}"
+
+
+def _feedback_lines(fb: dict) -> list[str]:
+    """``--feedback DIR``: what was read and used, and the new bundles against the one in service."""
+    c = fb["records"]
+    teacher = fb.get("teacher_agreement_with_cloud")
+    lines = ["", "## Feedback: what the cloud answered in service", "",
+             f"{c['read']} records read from `{fb['directory']}` (bundle versions: "
+             + ", ".join(f"{v or '?'} ({n})" for v, n in fb["versions"].items()) + f"); {c['used']} texts used: "
+             f"{c['duplicates']} repeated texts merged (targets averaged), {c['in_training']} training texts and "
+             f"{c['in_held_out']} validation or test texts left out, {c['unknown_label']} records with a label the "
+             f"model does not have skipped. Weight {fb['weight']:g}: {fb['transfer_texts']} texts in the transfer "
+             f"set, KD-only, soft targets: {fb['soft_targets']}."
+             + (f" The teacher agrees with the recorded cloud answers on {teacher:.1%} of those texts." if teacher
+                is not None else "")]
+    rows = fb.get("comparison") or []
+    if not rows:
+        return lines
+    base = fb.get("baseline")
+    if base:
+        lines.append(f"Baseline (the bundle in service): `{base['bundle']}`, version {base['version']}, which asked "
+                     f"{base['records_it_asked']} of the records.")
+    lines += ["", f"On the {fb['recorded_texts']} recorded texts the reference is what the cloud answered (the "
+              "new bundles learned these texts: the figures are in-sample for them); on the test split it is the "
+              "gold label, with the teacher as the cloud. Cloud rate: at each bundle's own threshold; *at the "
+              "baseline's cascade*: the lowest cloud rate at which the bundle's cascade is as accurate as the "
+              "baseline's at its threshold.", "",
+              "| bundle | recorded: agreement with cloud | recorded: cloud rate | recorded: at baseline's cascade "
+              "| test: accuracy | test: cloud rate | test: cascade acc. | test: at baseline's cascade |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    key = "cloud_rate_at_baseline_cascade"
+    for r in rows:
+        rec, test = r["recorded"], r["test"]
+        lines.append(f"| {r['bundle']} | {_fmt(rec['agreement_with_cloud'])} | {_fmt(rec['cloud_rate'], 'pct')} | "
+                     f"{_pct_or(rec[key]) if key in rec else '–'} | {_fmt(test['accuracy'])} | "
+                     f"{_fmt(test['cloud_rate'], 'pct')} | {_fmt(test['cascade_accuracy'])} | "
+                     f"{_pct_or(test[key]) if key in test else '–'} |")
+    return lines
+
+
 def write_report(out: Path, rows: list[dict], candidates, teacher: dict, student: dict,
-                 stages: dict[str, dict] | None = None) -> None:
-    """``stages``: wall seconds (and notes such as "cached") per stage of the conversion."""
+                 stages: dict[str, dict] | None = None, feedback: dict | None = None) -> None:
+    """``stages``: wall seconds (and notes such as "cached") per stage of the conversion; ``feedback``:
+    the ``--feedback`` section (edgekit.converters.pipeline), or None."""
     report = {"rows": rows, "student": student, "stages": stages or {}}
+    if feedback is not None:
+        report["feedback"] = feedback
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     lines = [
         "# edgekit convert report",
@@ -86,6 +131,8 @@ def write_report(out: Path, rows: list[dict], candidates, teacher: dict, student
             f"{_fmt(r.get('threshold'))} | {_fmt(r.get('cloud_rate'), 'pct')} | {_fmt(r.get('cascade_accuracy'))} | "
             f"{r.get('reason', '')} |"
         )
+    if feedback is not None:
+        lines += _feedback_lines(feedback)
     written = [c for c in candidates if c.status == "written"]
     if written:
         lines += ["", "## Risk-coverage (test split)", ""]

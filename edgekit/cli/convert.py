@@ -59,11 +59,27 @@ def _variants(values: tuple[str, ...]) -> dict[str, list[str]] | None:
 @click.option("--allow-accuracy-drop", is_flag=True, default=None, help="Write artifacts that fail the gate anyway.")
 @click.option("--max-cloud-rate", type=click.FloatRange(0, 1), help="Threshold rule: best cascade within this cloud rate.")
 @click.option("--seed", type=int)
+@click.option("--feedback", type=_P, metavar="DIR",
+              help="Records of what the cloud answered (edgekit serve --record DIR): the texts join the transfer "
+                   "set with the cloud's answers as soft targets (deduplicated; training, validation and test texts "
+                   "left out), and the report compares the new bundles with --feedback-baseline on them.")
+@click.option("--feedback-weight", type=click.FloatRange(min=0, min_open=True),
+              help="[feedback] Times each recorded text counts in the transfer set per epoch (default 1; "
+                   "a fraction: a seeded share of them once more).")
+@click.option("--feedback-baseline", type=_P, metavar="BUNDLE_DIR",
+              help="[feedback] The bundle in service that made the records: compared with the new bundles on the "
+                   "recorded texts and the test split.")
 @data_field_options
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def command(model_dir, config_file, variants, no_progress, text_field, label_field, **options) -> None:
+def command(model_dir, config_file, variants, no_progress, text_field, label_field, feedback, feedback_weight,
+            feedback_baseline, **options) -> None:
     """Convert the fine-tuned MODEL_DIR into gated, calibrated edge bundles."""
     from edgekit.config import ConvertConfig
+    from edgekit.errors import ConfigError
+
+    if feedback is None and (feedback_weight is not None or feedback_baseline is not None):
+        raise ConfigError(f"{'--feedback-weight' if feedback_weight is not None else '--feedback-baseline'} "
+                          "applies with --feedback DIR only")
 
     overrides = {k: v for k, v in options.items() if v is not None}
     overrides.update(model_dir=model_dir, variants=_variants(variants))
@@ -82,8 +98,12 @@ def command(model_dir, config_file, variants, no_progress, text_field, label_fie
     from edgekit.converters import quiet_third_party
 
     quiet_third_party()
+    from edgekit.converters.feedback import FeedbackSettings
     from edgekit.converters.pipeline import convert
 
-    result = convert(config, echo=click.echo)
+    recorded = None
+    if feedback is not None:
+        recorded = FeedbackSettings(feedback, 1.0 if feedback_weight is None else feedback_weight, feedback_baseline)
+    result = convert(config, echo=click.echo, feedback=recorded)
     click.echo(f"wrote {len(result.bundles)} bundle(s) to {result.out}: "
                + ", ".join(p.name for p in result.bundles) + "; report: " + str(result.out / "report.md"))
