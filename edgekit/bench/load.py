@@ -11,7 +11,16 @@
   threads, each with its own :class:`~edgekit.runtime.client.EdgeClient` and channel,
   sending one text per ``Classify`` call (``allow_cloud=False``) for ``seconds``;
 - ``server-micro-batching``: the same against a server that merges concurrent requests
-  (``max_batch_size``, ``max_wait_ms``).
+  (``max_batch_size``, ``max_wait_ms``);
+- with ``config.cloud`` (:class:`TritonCloud`), edge → Triton fallback, side by side:
+  ``cloud-triton-batching`` and ``cloud-triton-no-batching``. Each starts the cloud model on
+  NVIDIA Triton (``edgekit serve-cloud --engine triton`` from the cloud venv, with and then without
+  Triton's dynamic batching, one after the other), puts the micro-batching edge server in front of
+  it with ``--cloud-protocol kserve-v2`` and a threshold that sends ``fraction`` of the texts to the
+  cloud, and drives it as above (``allow_cloud=True``). These rows also report the routes, the
+  latency of the requests Triton answered, and Triton's own counters from its metrics port: model
+  calls (``nv_inference_exec_count``) against requests (``nv_inference_request_success``) give
+  the mean batch Triton ran.
 
 Each row reports completed requests, errors (what the client raises as
 :class:`~edgekit.errors.EdgekitError`), throughput and client-side p50/p99 latency; server
@@ -36,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgekit.bench.load_triton import TritonCloud
 from edgekit.errors import ConfigError, EdgekitError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.model import BundleModel
     from edgekit.runtime.types import ModelInfo
 
-__all__ = ["LoadConfig", "MODES", "format_load_markdown", "run_load"]
+__all__ = ["CLOUD_MODES", "LoadConfig", "MODES", "TritonCloud", "format_load_markdown", "run_load"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,9 @@ RAW_CONCURRENT = "raw-backend-concurrent"
 NO_BATCHING = "server-no-batching"
 MICRO_BATCHING = "server-micro-batching"
 MODES = (RAW, RAW_CONCURRENT, NO_BATCHING, MICRO_BATCHING)
+TRITON_BATCHING = "cloud-triton-batching"
+TRITON_NO_BATCHING = "cloud-triton-no-batching"
+CLOUD_MODES = (TRITON_BATCHING, TRITON_NO_BATCHING)  # with LoadConfig.cloud, after MODES
 
 _GRACE_S = 2.0  # for stopping a server after its phase
 
@@ -192,6 +205,7 @@ class LoadConfig:
     max_batch_size: int = 8
     max_wait_ms: float = 0.0
     progress: bool = True
+    cloud: TritonCloud | None = None  # the edge → Triton rows (CLOUD_MODES)
 
     def __post_init__(self) -> None:
         if not _is_number(self.clients, numbers.Integral) or self.clients < 1:
@@ -205,6 +219,8 @@ class LoadConfig:
             )
         if not _is_number(self.max_wait_ms, numbers.Real) or not 0 <= self.max_wait_ms < math.inf:
             raise ConfigError(f"max_wait_ms must be a finite number >= 0, got {self.max_wait_ms!r}")
+        if self.cloud is not None and not isinstance(self.cloud, TritonCloud):
+            raise ConfigError(f"cloud must be a TritonCloud or None, got {type(self.cloud).__name__}")
         # plain numbers in the JSON (numpy scalars are accepted)
         for name, plain in (("clients", int), ("seconds", float), ("max_batch_size", int), ("max_wait_ms", float)):
             object.__setattr__(self, name, plain(getattr(self, name)))
@@ -245,25 +261,31 @@ def run_load(bundle_dir: str | Path, texts: Sequence[str], config: LoadConfig | 
 
     config = LoadConfig() if config is None else config
     _check_texts(texts)
+    cloud_edgekit = config.cloud.check() if config.cloud is not None else None
     texts = list(texts)
     servers = {
         NO_BATCHING: BatchSettings(max_batch_size=1),
         MICRO_BATCHING: BatchSettings(max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms),
     }
     bundle_dir = Path(bundle_dir)
-    info, rows = _measure(bundle_dir, texts, config, servers)
-    return _result(bundle_dir, texts, config, info, rows)
+    info, rows, threshold = _measure(bundle_dir, texts, config, servers, cloud_edgekit)
+    return _result(bundle_dir, texts, config, info, rows, threshold)
 
 
 def _measure(
-    bundle_dir: Path, texts: list[str], config: LoadConfig, servers: dict[str, BatchSettings]
-) -> tuple[ModelInfo, list[dict[str, Any]]]:
-    """Every mode in :data:`MODES` order (the concurrent raw row only for several clients): the
-    bundle's info and one row per mode. ``servers``: the batching of each server mode."""
+    bundle_dir: Path, texts: list[str], config: LoadConfig, servers: dict[str, BatchSettings],
+    cloud_edgekit: Path | None,
+) -> tuple[ModelInfo, list[dict[str, Any]], float | None]:
+    """Every mode in :data:`MODES` order (the concurrent raw row only for several clients), then
+    :data:`CLOUD_MODES` with ``config.cloud``: the bundle's info, one row per mode and the cloud
+    rows' threshold. ``servers``: the batching of each server mode."""
+    from edgekit.bench.load_triton import threshold_for, triton_row
     from edgekit.runtime.model import load_bundle_model
 
     clients, seconds = config.clients, config.seconds
-    phases = [RAW, *([RAW_CONCURRENT] if clients > 1 else []), *servers]
+    phases = [RAW, *([RAW_CONCURRENT] if clients > 1 else []), *servers,
+              *(CLOUD_MODES if config.cloud is not None else ())]
+    threshold = None
     bar = None  # started once the bundle has loaded
     rows: list[dict[str, Any]] = []
 
@@ -284,20 +306,30 @@ def _measure(
             phase(RAW, lambda: _drive([lambda text: model.logits([text])], texts, seconds))
             if clients > 1:
                 phase(RAW_CONCURRENT, lambda: _drive([lambda text: model.logits([text])] * clients, texts, seconds))
+            if config.cloud is not None:
+                threshold = threshold_for(model, texts, config.cloud.fraction)
         finally:
             model.close()
         # build_server owns its model and closes it on stop(): a fresh one per server
         for mode, batching in servers.items():
             fresh = load_bundle_model(bundle_dir, config.backend, config.threads, verify=False)
             phase(mode, lambda: _serve_and_drive(fresh, batching, texts, clients, seconds))
+        if config.cloud is not None and cloud_edgekit is not None and threshold is not None:
+            for mode in CLOUD_MODES:
+                phase(mode, lambda dynamic=mode == TRITON_BATCHING: triton_row(
+                    config.cloud, cloud_edgekit,
+                    lambda: load_bundle_model(bundle_dir, config.backend, config.threads, verify=False),
+                    dynamic_batching=dynamic, texts=texts, clients=clients, seconds=seconds,
+                    batching=servers[MICRO_BATCHING], threshold=threshold, drive=_drive))
     finally:
         if bar is not None:
             bar.close()
-    return info, rows
+    return info, rows, threshold
 
 
 def _result(
-    bundle_dir: Path, texts: list[str], config: LoadConfig, info: ModelInfo, rows: list[dict[str, Any]]
+    bundle_dir: Path, texts: list[str], config: LoadConfig, info: ModelInfo, rows: list[dict[str, Any]],
+    threshold: float | None,
 ) -> dict[str, Any]:
     from edgekit.device import device_record
 
@@ -318,6 +350,7 @@ def _result(
         "texts": len(texts),
         "batching": {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms},
         "load_generator": "client threads in the server's process (sharing its interpreter lock and cores)",
+        "cloud": None if config.cloud is None else config.cloud.record(config.clients, threshold),
         "rows": rows,
         "ratios": {
             row["mode"]: round(row["throughput_rps"] / raw_rps, 3) if raw_rps else None for row in rows[1:]
@@ -355,8 +388,36 @@ def format_load_markdown(result: dict[str, Any]) -> str:
             f"| {_cell(row['throughput_rps'])} | {vs_raw} | {_cell(row['latency_ms_p50'], 2)} "
             f"| {_cell(row['latency_ms_p99'], 2)} | {_cell(row.get('mean_batch_size'), 2)} |"
         )
+    lines += _cloud_markdown(result)
     errors = [f"{row['mode']}: {row['first_error']}" for row in result["rows"] if row.get("first_error")]
     if errors:
         lines += ["", "First errors: " + "; ".join(errors)]
     lines += ["", "The clients are threads in the server's process: server rows are a lower bound."]
     return "\n".join(lines) + "\n"
+
+
+def _cloud_markdown(result: dict[str, Any]) -> list[str]:
+    """The edge → Triton rows side by side: routes, the latency of Triton's answers, Triton's batches."""
+    cloud = result.get("cloud")
+    rows = [row for row in result["rows"] if row["mode"] in CLOUD_MODES]
+    if cloud is None or not rows:
+        return []
+    settings = (
+        f"Edge → Triton (`{Path(cloud['model_dir']).name}`, torch on Triton via PyTriton, same machine): threshold "
+        f"{cloud['threshold']:.4f} for {cloud['fraction']:.0%} of the texts to the cloud, cloud deadline "
+        f"{cloud['timeout_ms']:g} ms, {cloud['inflight']} cloud calls in flight at most; Triton max batch "
+        f"{cloud['triton_max_batch_size']}, queue delay {cloud['triton_queue_delay_us']} us when batching."
+    )
+    header = ("| mode | Triton batching | cloud share | EDGE_CLOUD_FAILED | cloud p50 ms | cloud p99 ms "
+              "| Triton requests | Triton model calls | texts/model call | queue us/request | compute us/call |")
+    lines = ["", settings, "", header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        t = row["triton"]
+        share = "–" if row["cloud_share"] is None else f"{row['cloud_share']:.1%}"
+        lines.append(
+            f"| {row['mode']} | {'dynamic' if t['dynamic_batching'] else 'off'} | {share} "
+            f"| {row['routes']['EDGE_CLOUD_FAILED']} | {_cell(row['cloud_latency_ms_p50'], 2)} "
+            f"| {_cell(row['cloud_latency_ms_p99'], 2)} | {t['requests']} | {t['model_calls']} "
+            f"| {_cell(t['mean_batch'], 2)} | {_cell(t['queue_us_per_request'])} | {_cell(t['compute_us_per_call'])} |"
+        )
+    return lines

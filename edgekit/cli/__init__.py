@@ -23,6 +23,7 @@ _COMMANDS = {
     "bench": "bench:command",
     "convert": "convert:command",
     "demo": "demo:command",
+    "demo-triton": "demo_triton:command",
     "finetune": "finetune:command",
     "monitor": "monitor:command",
     "predict": "predict:command",
