@@ -54,8 +54,15 @@ from typing import Any
 
 import click
 
+from edgekit.bench.rows import fingerprint, read_rows, write_rows
 from edgekit.cli import run_command
-from edgekit.errors import ConfigError, ConversionError, DataError, ManifestError, ModelError
+from edgekit.errors import (
+    ConfigError,
+    ConversionError,
+    DataError,
+    ManifestError,
+    ModelError,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")
@@ -149,25 +156,6 @@ def first_alert(timeline: Sequence[dict], phase: int) -> dict | None:
 
 
 # -- files: data, teacher, bundle ---------------------------------------------------------------
-
-
-def read_rows(path: Path) -> list[dict]:
-    from edgekit.data import load_dataset
-
-    ds = load_dataset(path)
-    return [{"text": t, "label": y} for t, y in zip(ds.texts, ds.labels)]
-
-
-def write_rows(path: Path, rows: Sequence[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def fingerprint(rows: Sequence[dict]) -> str:
-    """What convert records as ``provenance.data.train`` for these rows (edgekit.data.Dataset.fingerprint)."""
-    from edgekit.data import Dataset
-
-    return Dataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), "").fingerprint()
 
 
 def slice_teacher(teacher: Path, kept: Sequence[str], out: Path) -> Path:

@@ -63,8 +63,15 @@ from typing import Any
 import click
 import numpy as np
 
+from edgekit.bench.rows import fingerprint, read_rows, write_rows
 from edgekit.cli import run_command
-from edgekit.errors import ConfigError, ConversionError, DataError, EdgekitError, ModelError
+from edgekit.errors import (
+    ConfigError,
+    ConversionError,
+    DataError,
+    EdgekitError,
+    ModelError,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")
@@ -85,25 +92,6 @@ def split_per_label(rows: Sequence[dict], share: float, seed: int) -> tuple[list
         random.Random(f"{seed}:{label}").shuffle(index)
         second.update(index[: min(len(index) - 1, round(share * len(index)))])
     return [r for i, r in enumerate(rows) if i not in second], [r for i, r in enumerate(rows) if i in second]
-
-
-def read_rows(path: Path) -> list[dict]:
-    from edgekit.data import load_dataset
-
-    ds = load_dataset(path)
-    return [{"text": t, "label": y} for t, y in zip(ds.texts, ds.labels)]
-
-
-def write_rows(path: Path, rows: Sequence[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def fingerprint(rows: Sequence[dict]) -> str:
-    """edgekit.data.Dataset.fingerprint of these rows (what finetune and convert record)."""
-    from edgekit.data import Dataset
-
-    return Dataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), "").fingerprint()
 
 
 def paired_interval(before: np.ndarray, after: np.ndarray, seed: int = 0, resamples: int = 2000) -> list[float]:

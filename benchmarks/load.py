@@ -55,7 +55,7 @@ from edgekit.cli._options import engine_choice
 @click.option("--cloud-timeout-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               help="[cloud] The edge's deadline for one cloud call.  [default: 5000]")
 @click.option("--cloud-inflight", type=click.IntRange(min=1), default=None,
-              help="[cloud] Cloud calls in flight at once (edgekit serve: 4).  [default: --clients]")
+              help="[cloud] Cloud calls in flight at once (edgekit serve --cloud-max-inflight, default 4).  [default: --clients]")
 @click.option("--triton-max-batch-size", type=click.IntRange(min=1), default=None,
               help="[cloud] Triton's max_batch_size.  [default: 64]")
 @click.option("--triton-queue-delay-us", type=click.IntRange(min=0), default=None,

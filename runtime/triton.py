@@ -219,6 +219,9 @@ def serve_triton(model_dir: str | Path, settings: TritonSettings, *, device: str
     through it, ``echo`` the ready line(s), serve until SIGTERM/SIGINT (or Triton dies: an error)."""
     tri = _pytriton()
     ports = _resolve_ports(settings)
+    # Until the stop handlers below are in place, SIGTERM unwinds like Ctrl-C, so the finally
+    # clauses stop tritonserver and PyTriton removes its workspace (~/.cache/pytriton/workspace_*)
+    _interrupt_on_sigterm()
     models = _load_warm(model_dir, settings.instances, device)
     try:
         _put_libpython_on_path()
@@ -295,6 +298,11 @@ def _ready_lines(settings: TritonSettings, info: Any, ports: dict[str, int | Non
     if ports["metrics"] is not None:
         lines.append(f"metrics on http://{settings.host}:{ports['metrics']}/metrics")
     return lines
+
+
+def _interrupt_on_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:

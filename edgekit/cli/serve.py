@@ -258,6 +258,9 @@ def _monitor_settings(ctx: click.Context, given: dict[str, Any]):
 @click.option("--cloud-model", metavar="NAME", default=None, help="Model name on a kserve-v2 cloud server.")
 @click.option("--cloud-timeout-ms", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="Deadline of one cloud call.")
+@click.option("--cloud-max-inflight", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Cloud calls in flight at once; a query that finds them all busy is answered at the edge "
+                   "(EDGE_CLOUD_FAILED). Raise it for a cloud that batches (Triton's dynamic batching).")
 @click.option("--on-cloud-error", type=click.Choice(["degrade", "fail"]), default="degrade", show_default=True,
               help="degrade: answer at the edge (route EDGE_CLOUD_FAILED); fail: the request fails (UNAVAILABLE).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
@@ -285,6 +288,7 @@ def command(
     cloud_protocol: str,
     cloud_model: str | None,
     cloud_timeout_ms: float,
+    cloud_max_inflight: int,
     on_cloud_error: str,
     threshold: float | None,
     cloud_tls_ca: Path | None,
@@ -316,7 +320,8 @@ def command(
         return
     from edgekit.runtime.cascade import CascadeSettings
 
-    cascade = CascadeSettings(threshold=threshold, cloud_timeout_ms=cloud_timeout_ms, on_cloud_error=on_cloud_error)
+    cascade = CascadeSettings(threshold=threshold, cloud_timeout_ms=cloud_timeout_ms, on_cloud_error=on_cloud_error,
+                              max_cloud_inflight=cloud_max_inflight)
     batching = server.batching()
     cloud = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert, cloud_tls_key,
                           cloud_token_file)

@@ -55,3 +55,23 @@ def test_missing_base_model_dir_is_clear(tmp_path, small_splits):
     assert "is not a Hugging Face model directory" in proc.stderr
     assert "Traceback" not in proc.stderr
     json.dumps(proc.stderr)
+
+
+def test_serve_passes_cloud_max_inflight_to_the_cascade(monkeypatch, converted):
+    """`serve --cloud-max-inflight N` reaches the cascade settings of the server it starts."""
+    import edgekit.cli.serve as serve_cli
+
+    seen = {}
+
+    def fake_serve(model, settings, **kwargs):
+        seen["inflight"] = settings.cascade.max_cloud_inflight
+        model.close()
+
+    monkeypatch.setattr(serve_cli, "_serve", fake_serve)
+    bundle = next(b for b in converted.bundles if b.name == "onnx-int8")
+    for args, expected in (([], 4), (["--cloud-max-inflight", "32"], 32)):
+        result = CliRunner().invoke(cli, ["serve", str(bundle), "--port", "0", *args])
+        assert result.exit_code == 0, result.output
+        assert seen.pop("inflight") == expected
+    result = CliRunner().invoke(cli, ["serve", str(bundle), "--cloud-max-inflight", "0"])
+    assert result.exit_code != 0 and "--cloud-max-inflight" in result.output
