@@ -203,9 +203,10 @@ def _accuracy(subjects: list[Subject], threads: int, texts: list[str]) -> tuple[
             models[s.artifact] = s.load(threads)
             s.backend = s.backend or getattr(models[s.artifact], "info").backend
         for s in subjects:
-            # the converter's own batches: dynamic int8 quantizes activations per call over the padded
-            # batch, so an int8 model's answers depend a little on which texts share a call
-            probs = softmax(batched_logits(models[s.artifact], texts), s.temperature)
+            # the converter's own batches (64 texts sorted by length): dynamic int8 quantizes activations
+            # per call over the padded batch, so an int8 model's answers depend a little on which texts
+            # share a call
+            probs = softmax(batched_logits(models[s.artifact], texts, by_length=True), s.temperature)
             measured.append(_Measured(s, probs.argmax(-1), probs))
     except BaseException:
         for model in models.values():
