@@ -47,7 +47,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shlex
 import shutil
 import subprocess
@@ -75,7 +74,6 @@ from edgekit.errors import (
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")
-_SERVING = re.compile(r"^serving \S+ .* on ([\w.\-\[\]:]*:\d+)\s*$", re.MULTILINE)
 
 
 # -- the data (pure) ----------------------------------------------------------------------------------
@@ -157,27 +155,13 @@ def convert(teacher: Path, data: Path, out: Path, options: Sequence[str], feedba
 
 @contextmanager
 def server(args: Sequence[str], log: Path, timeout_s: float = 300.0) -> Iterator[str]:
-    """``edgekit <args> --port 0`` in the background, its output in ``log`` (a pipe nobody reads could
-    fill and stall it); yields its address once it prints its ready line; stops it (SIGTERM, then kill)."""
-    with open(log, "w", encoding="utf-8") as sink:
-        proc = subprocess.Popen(_edgekit(*args, "--port", "0"), stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not (match := _SERVING.search(log.read_text(encoding="utf-8", errors="replace"))):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-                raise ConfigError(f"edgekit {args[0]} did not start: " + " | ".join(tail))
-            time.sleep(0.2)
-        click.echo(f"  {args[0]} {Path(args[1]).name}: {match.group(0).strip()} (pid {proc.pid}, log {log.name})")
-        yield match.group(1)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """``edgekit <args> --port 0`` in the background (edgekit.bench.servers.ServerProcess: output in
+    ``log``, stopped on the way out); yields its address once it prints its ready line."""
+    from edgekit.bench.servers import ServerProcess
+
+    with ServerProcess(_edgekit(*args, "--port", "0"), log, name=f"edgekit {args[0]}", timeout_s=timeout_s) as proc:
+        click.echo(f"  {args[0]} {Path(args[1]).name}: {proc.ready_line} (pid {proc.proc.pid}, log {log.name})")
+        yield proc.address
 
 
 def replay(address: str, texts: Sequence[str], *, allow_cloud: bool, request_size: int) -> list[dict]:

@@ -24,21 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import resource
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit.bench.servers import ServerProcess
 from edgekit.errors import ConfigError
 
-__all__ = ["ECHO_SCRIPT", "SERVER_MODES", "ServerProcess", "format_overhead_markdown", "run_overhead"]
+__all__ = ["ECHO_SCRIPT", "SERVER_MODES", "format_overhead_markdown", "run_overhead"]
 
 log = logging.getLogger(__name__)
 
@@ -61,50 +59,9 @@ server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
 server.add_generic_rpc_handlers((handler,))
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()
-print(f"serving echo on 127.0.0.1:{port}", flush=True)
+print(f"serving echo (bare gRPC) on 127.0.0.1:{port}", flush=True)
 server.wait_for_termination()
 """
-_ADDRESS = re.compile(r" on ([\w.\-\[\]]+:\d+)")
-_METRICS = re.compile(r"(http://\S+/metrics)")
-
-
-class ServerProcess:
-    """A server subprocess started from argv; address (and metrics URL) parsed from what it prints."""
-
-    def __init__(self, argv: Sequence[str]) -> None:
-        self.proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.address = self.metrics_url = None
-        lines = []
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if line.startswith("serving") and self.address is None:
-                self.address = _ADDRESS.search(line).group(1)
-                if "--metrics-port" not in argv:
-                    break
-            elif line.startswith("metrics on"):
-                self.metrics_url = _METRICS.search(line).group(1)
-                break
-        if self.address is None:
-            self.stop()
-            raise ConfigError("server did not start: " + "".join(lines[-5:]).strip())
-
-    def metric(self, name: str) -> float:
-        """A sample's value summed over its labels, from the server's /metrics (prometheus_client's parser)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
-            body = response.read().decode()
-        return sum(sample.value for family in text_string_to_metric_families(body)
-                   for sample in family.samples if sample.name == name)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def _request_bytes(text: str) -> bytes:
@@ -219,9 +176,9 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
     servers: dict[str, ServerProcess] = {}
     model = load_bundle_model(bundle, threads=threads)
     try:
-        servers["grpc-echo"] = ServerProcess([sys.executable, "-c", ECHO_SCRIPT])
+        servers["grpc-echo"] = ServerProcess([sys.executable, "-c", ECHO_SCRIPT], name="grpc-echo").start()
         for name, extra in modes.items():
-            servers[name] = ServerProcess([*serve, *extra])
+            servers[name] = ServerProcess([*serve, *extra], name=name).start()
         times = _single_client(model, servers, texts, rounds)
         single = {name: {"p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)} for name, t in times.items()}
         floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]

@@ -1,4 +1,5 @@
-"""edgekit servers as child processes, for the load benchmark and ``make demo-triton``.
+"""edgekit servers as child processes, for the benchmarks (load, overhead, soak, flywheel) and
+``make demo-triton``.
 
 :class:`ServerProcess` runs an ``edgekit serve`` / ``serve-cloud`` command line and waits for its
 ready line (``serving NAME (...) on HOST:PORT``, the real port also for ``--port 0``). The child
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import re
 import signal
 import subprocess
@@ -37,19 +39,30 @@ _GRACE_S = 60.0  # Triton drains and unloads its model on SIGTERM: seconds on a 
 
 
 class ServerProcess:
-    """``with ServerProcess(argv, log, name="triton") as server:`` the started server (``address``,
-    ``port``, ``model_name``, ``ready_line``, ``metrics_url`` when it printed one); stopped on exit.
-    :class:`~edgekit.errors.EdgekitError` with the log's tail if it exits or stays silent first."""
+    """``with ServerProcess(argv, log, name="triton") as server:`` (or ``.start()`` ... ``.stop()``)
+    the started server (``address``, ``port``, ``model_name``, ``ready_line``, ``metrics_url`` when
+    it printed one); stopped on exit. :class:`~edgekit.errors.EdgekitError` with the log's tail if it
+    exits or stays silent first. Without ``log`` the output goes to a temporary file, removed by
+    :meth:`stop`."""
 
-    def __init__(self, argv: Sequence[str], log: Path, *, name: str, timeout_s: float = 300.0,
-                 env: dict[str, str] | None = None) -> None:
-        self.argv, self.log, self.name, self.timeout_s, self.env = list(argv), Path(log), name, timeout_s, env
+    def __init__(self, argv: Sequence[str], log: Path | None = None, *, name: str = "edgekit",
+                 timeout_s: float = 300.0, env: dict[str, str] | None = None) -> None:
+        self.argv, self.name, self.timeout_s, self.env = list(argv), name, timeout_s, env
+        self._own_log = log is None
+        if log is None:
+            fd, path = tempfile.mkstemp(prefix=f"edgekit-{name}-", suffix=".log")
+            os.close(fd)
+            log = Path(path)
+        self.log = Path(log)
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = self.model_name = self.ready_line = ""
         self.port = 0
         self.metrics_url: str | None = None
 
     def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def start(self) -> ServerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -89,6 +102,17 @@ class ServerProcess:
         metrics = _METRICS.search(text)
         self.metrics_url = metrics.group(1) if metrics else None
 
+    def metric(self, name: str) -> float:
+        """A sample's value summed over its labels, from the server's /metrics (prometheus_client's parser)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        if self.metrics_url is None:
+            raise EdgekitError(f"the {self.name} server exports no metrics (start it with --metrics-port)")
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            body = response.read().decode()
+        return sum(sample.value for family in text_string_to_metric_families(body)
+                   for sample in family.samples if sample.name == name)
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -108,6 +132,8 @@ class ServerProcess:
         finally:
             self._signal(signal.SIGKILL)  # the group: a child left behind (tritonserver) or the server itself
             proc.wait()
+            if self._own_log:
+                self.log.unlink(missing_ok=True)
         return proc.returncode
 
     def _signal(self, sig: int) -> None:

@@ -41,18 +41,12 @@ def edge_with_cloud(bundle: Path, edge_args: Sequence[str] = ()) -> Iterator[Any
     edge server under test, falling back to it (``--cloud``). Yields the edge's process handle
     (``.address``, ``.proc.pid``). The cloud answers with the same model: what is measured here
     is the server holding up, not accuracy."""
-    from edgekit.bench.overhead import ServerProcess
+    from edgekit.bench.servers import ServerProcess
 
-    cloud = ServerProcess([sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", "1"])
-    try:
-        edge = ServerProcess([sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", "1",
-                         "--cloud", cloud.address, *edge_args])
-        try:
-            yield edge
-        finally:
-            edge.stop()
-    finally:
-        cloud.stop()
+    serve = [sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", "1"]
+    with ServerProcess(serve, name="cloud") as cloud, \
+            ServerProcess([*serve, "--cloud", cloud.address, *edge_args], name="edge") as edge:
+        yield edge
 
 
 def _pct(values: Sequence[float], q: float) -> float:
