@@ -52,6 +52,9 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ConfigError, ConversionError, DataError
+from edgekit.metrics import (
+    cloud_rate_for_accuracy,  # re-exported: the report's comparison uses it
+)
 
 __all__ = [
     "Answers",
@@ -265,24 +268,6 @@ def _weighted(texts: list[str], weight: float, seed: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------- comparison
 
 
-def cloud_rate_for_accuracy(target: float, scores: np.ndarray, edge_pred: np.ndarray, cloud_pred: np.ndarray,
-                            reference: np.ndarray) -> float | None:
-    """The lowest cloud rate at which the cascade (the cloud below a score threshold) reaches ``target``
-    accuracy against ``reference``; None if even the cloud everywhere does not."""
-    n = len(scores)
-    if n == 0:
-        return None
-    order = np.argsort(scores, kind="stable")  # the least sure go to the cloud first
-    edge_ok = (edge_pred == reference)[order].astype(np.int64)
-    cloud_ok = (cloud_pred == reference)[order].astype(np.int64)
-    accuracy = (edge_ok.sum() + np.concatenate([[0], np.cumsum(cloud_ok - edge_ok)])) / n  # k = 0 .. n to the cloud
-    ranked = scores[order]
-    reachable = np.ones(n + 1, dtype=bool)  # a threshold cannot split equal scores
-    reachable[1:n] = ranked[:-1] < ranked[1:]
-    k = np.flatnonzero(reachable & (accuracy >= target - 1e-12))
-    return float(k[0] / n) if k.size else None
-
-
 @dataclass
 class Answers:
     """One bundle's calibrated answers on a list of texts."""
@@ -316,8 +301,9 @@ def bundle_answers(bundle_dir: Path, texts: Sequence[str], labels: Sequence[str]
     """Load a bundle through its runtime backend and answer ``texts``: label ids in ``labels``' order,
     scores at the manifest's temperature and threshold unless given."""
     from edgekit.converters.measure import batched_logits
-    from edgekit.metrics import softmax
     from edgekit.runtime.model import load_bundle_model
+
+    from edgekit.metrics import softmax
 
     model = load_bundle_model(bundle_dir)
     try:

@@ -15,6 +15,7 @@ __all__ = [
     "agreement",
     "cascade_at",
     "classification_metrics",
+    "cloud_rate_for_accuracy",
     "expected_calibration_error",
     "macro_f1",
     "risk_coverage",
@@ -106,3 +107,21 @@ def risk_coverage(scores, edge_pred, cloud_pred, y, points=(1.0, 0.99, 0.98, 0.9
             }
         )
     return rows
+
+
+def cloud_rate_for_accuracy(target: float, scores: np.ndarray, edge_pred: np.ndarray, cloud_pred: np.ndarray,
+                            reference: np.ndarray) -> float | None:
+    """The lowest cloud rate at which the cascade (the cloud below a score threshold) reaches ``target``
+    accuracy against ``reference``; None if even the cloud everywhere does not."""
+    n = len(scores)
+    if n == 0:
+        return None
+    order = np.argsort(scores, kind="stable")  # the least sure go to the cloud first
+    edge_ok = (edge_pred == reference)[order].astype(np.int64)
+    cloud_ok = (cloud_pred == reference)[order].astype(np.int64)
+    accuracy = (edge_ok.sum() + np.concatenate([[0], np.cumsum(cloud_ok - edge_ok)])) / n  # k = 0 .. n to the cloud
+    ranked = scores[order]
+    reachable = np.ones(n + 1, dtype=bool)  # a threshold cannot split equal scores
+    reachable[1:n] = ranked[:-1] < ranked[1:]
+    k = np.flatnonzero(reachable & (accuracy >= target - 1e-12))
+    return float(k[0] / n) if k.size else None
