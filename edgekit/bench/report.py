@@ -76,12 +76,19 @@ def _best_edge(edge: list[dict], teacher: dict) -> dict:
 def _against_teacher(best: dict, teacher: dict) -> dict:
     out = {
         "speedup_vs_teacher": teacher["latency_ms_p50"] / best["latency_ms_p50"],
+        # both right after another row: the small model's weights out of the caches (said beside the verdict)
+        "speedup_vs_teacher_after_switch": _ratio(teacher.get("latency_ms_p50_after_switch"),
+                                                  best.get("latency_ms_p50_after_switch")),
         "size_fraction_of_teacher": best["size_bytes"] / teacher["size_bytes"],
         "accuracy_drop_points": (teacher["accuracy"] - best["accuracy"]) * 100,
     }
     if best.get("cascade_accuracy_at_10pct_cloud") is not None:
         out["cascade_drop_points_at_10pct_cloud"] = (teacher["accuracy"] - best["cascade_accuracy_at_10pct_cloud"]) * 100
     return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
 def _against_baseline(best: dict, baseline: dict, teacher: dict) -> dict:
@@ -123,8 +130,13 @@ def _fmt(value, spec: str = ".4f", none: str = "–") -> str:
     return none if value is None else format(value, spec)
 
 
+def _run_length(result: dict) -> int:
+    return (result.get("config") or {}).get("run_length", 1)  # results of older runs: one call per turn
+
+
 _TABLE_NOTE = (
-    "Latency is per call (tokenize + infer) at the given batch size; texts/s = texts timed / total call time. "
+    "Latency is per call (tokenize + infer) at the given batch size, over every timed call; 'after switch' is "
+    "the first call of each run, right after another row ran (caches cold); texts/s = texts timed / total call time. "
     "Cold start = imports + load + first answer in a fresh process; peak RSS includes the interpreter and "
     "libraries. ECE on the bundle's calibrated probabilities (temperature from its manifest). Cascade: the "
     "edge answers above the bundle's threshold, the teacher below; '@10% cloud' lets the edge answer its "
@@ -152,7 +164,8 @@ def _header_lines(result: dict) -> list[str]:
         "# edgekit bench results",
         "",
         f"Date {result['date']}. Test set `{result['test']['path']}` ({result['test']['texts']} texts; latency on the "
-        f"{result['test']['latency_texts']} spread evenly over it, every row measured interleaved in one run).",
+        f"{result['test']['latency_texts']} spread evenly over it, every row measured interleaved in one run, "
+        f"{_run_length(result)} calls in a row per row before the next takes over).",
         "",
         f"Device: {d.get('cpu')} ({d.get('arch')}), {d.get('cores')} cores, {d.get('memory_gib')} GiB, "
         f"features {', '.join(d.get('features') or []) or 'none'}, {d.get('os')}, Python {d.get('python')}"
@@ -161,9 +174,9 @@ def _header_lines(result: dict) -> list[str]:
         *([f"**EMULATED ({d['emulated']}): latency, throughput and cold start here say nothing about a real device.**",
            ""] if d.get("emulated") else []),
         "| artifact | kind | format | precision | backend | size MB | accuracy | macro-F1 | agreement | ECE "
-        "| threads | batch | p50 ms | p95 ms | p99 ms | texts/s | cold start ms | peak RSS MB "
+        "| threads | batch | p50 ms | p95 ms | p99 ms | p50 after switch ms | texts/s | cold start ms | peak RSS MB "
         "| threshold | cloud % | cloud calls /1k | cascade acc | cascade acc @10% cloud |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
 
@@ -172,7 +185,8 @@ def _row_line(r: dict) -> str:
         f"| {r['artifact']} | {r['kind']} | {r['format']} | {r['precision']} | {r['backend']} "
         f"| {r['size_bytes'] / 1e6:.1f} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | {_fmt(r['agreement'])} "
         f"| {_fmt(r['ece'], '.3f')} | {r['threads']} | {r['batch']} | {r['latency_ms_p50']:.2f} "
-        f"| {r['latency_ms_p95']:.2f} | {r['latency_ms_p99']:.2f} | {r['throughput_per_s']:.0f} "
+        f"| {r['latency_ms_p95']:.2f} | {r['latency_ms_p99']:.2f} | {_fmt(r.get('latency_ms_p50_after_switch'), '.2f')} "
+        f"| {r['throughput_per_s']:.0f} "
         f"| {_fmt(r['cold_start_ms'], '.0f')} | {_fmt(r['peak_rss_mb'], '.0f')} | {_fmt(r.get('threshold'), '.3f')} "
         f"| {_fmt(None if r.get('cloud_rate') is None else r['cloud_rate'] * 100, '.1f')} "
         f"| {_fmt(r.get('cloud_calls_per_1000'), '.0f')} | {_fmt(r.get('cascade_accuracy'))} "
@@ -205,6 +219,9 @@ def _target_lines(verdict: dict) -> list[str]:
         "",
         "Drops are in points of accuracy against the teacher (negative: above it).",
     ]
+    if verdict.get("speedup_vs_teacher_after_switch") is not None:
+        lines.append(f"Speed-up on the first call after a switch of rows (caches cold for both): "
+                     f"{verdict['speedup_vs_teacher_after_switch']:.1f}×.")
     if verdict.get("teacher_below_best_edge_points", 0) > 0:
         gain = verdict.get("cascade_gain_points_at_10pct_cloud")
         lines.append(

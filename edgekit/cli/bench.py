@@ -35,13 +35,16 @@ def _ints(value: str, option: str) -> tuple[int, ...]:
 @click.option("--batch", default="1", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--latency-texts", default=200, show_default=True, type=click.IntRange(1),
               help="Test texts timed per batch size and thread count.")
+@click.option("--run-length", default=10, show_default=True, type=click.IntRange(1),
+              help="Calls in a row per row before the next takes over (1: every call follows another row, "
+              "caches cold). The first call of each run is also reported apart ('p50 after switch').")
 @click.option("--backend", type=engine_choice(), default="auto",
               show_default=True, help="Engine for the bundles (auto: from each manifest).")
 @click.option("--no-probe", is_flag=True, help="Skip cold start and peak memory (one fresh process per artifact).")
 @data_field_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def command(bundles: Path, test: Path, out: Path, teacher: Path | None, reference: Path | None, no_baseline: bool,
-            threads: str, batch: str, latency_texts: int, backend: str, no_probe: bool, text_field: str,
+            threads: str, batch: str, latency_texts: int, run_length: int, backend: str, no_probe: bool, text_field: str,
             label_field: str, no_progress: bool) -> None:
     """Benchmark BUNDLES (one bundle or an `edgekit convert --out` directory) on the test set."""
     from edgekit.bench.report import drop_words, write_results
@@ -57,7 +60,7 @@ def command(bundles: Path, test: Path, out: Path, teacher: Path | None, referenc
     config = BenchConfig(
         bundles=bundles, test=test, out=out, teacher=teacher, reference=reference, baseline=not no_baseline,
         threads=_ints(threads, "--threads"), batch=_ints(batch, "--batch"), latency_texts=latency_texts,
-        probe=not no_probe, backend=backend, text_field=text_field, label_field=label_field,
+        run_length=run_length, probe=not no_probe, backend=backend, text_field=text_field, label_field=label_field,
         progress=not no_progress,
     )
     result = run_bench(config, echo=click.echo)
@@ -68,7 +71,7 @@ def command(bundles: Path, test: Path, out: Path, teacher: Path | None, referenc
         cascade = "" if r.get("cascade_accuracy") is None else (
             f"  cascade {r['cascade_accuracy']:.4f} at {r['cloud_rate'] * 100:.1f}% cloud")
         click.echo(f"  {r['artifact']:<22} {r['size_bytes'] / 1e6:7.1f} MB  accuracy {r['accuracy']:.4f}  "
-                   f"p50 {r['latency_ms_p50']:7.2f} ms{cascade}")
+                   f"p50 {r['latency_ms_p50']:7.2f} ms (after a switch {r['latency_ms_p50_after_switch']:7.2f}){cascade}")
     if verdict is not None:
         click.echo(f"best edge bundle {verdict['best']}: {verdict['speedup_vs_teacher']:.1f}x faster than the teacher"
                    + (f", {verdict['speedup_vs_baseline']:.1f}x faster than the Optimum baseline"

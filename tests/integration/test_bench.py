@@ -15,7 +15,7 @@ from tests.conftest import needs
 pytestmark = needs("torch", "transformers", "optimum", "onnxruntime", "openvino", "ai_edge_litert")
 
 ROW_KEYS = ("artifact", "kind", "format", "precision", "size_bytes", "accuracy", "threads", "batch",
-            "latency_ms_p50", "latency_ms_p99")
+            "latency_ms_p50", "latency_ms_p99", "latency_ms_p50_after_switch")
 
 
 @pytest.fixture(scope="module")
