@@ -2,13 +2,14 @@
 
 usage: .venv/bin/python benchmarks/flywheel.py [--data DIR] [--teacher DIR] [--traffic-share 0.5]
            [--finetune-base mpnet-base] [--finetune-epochs 2] [--targets LIST] [--bundle onnx-int8]
-           [--epochs N] [--convert-args "..."] [--feedback-weight W] [--request-size 1] [--seed 0] [--out DIR]
+           [--epochs N] [--convert-args "..."] [--feedback-weight W] [--record-budget 0.10]
+           [--control/--no-control] [--request-size 1] [--seed 0] [--out DIR]
 
 1. **Data** (``--data``, default ../shared/data/banking77; written to ``OUT/data``): the training
    split is cut per intent (seeded) into the part the first conversion sees (``train.jsonl``) and
    ``--traffic-share`` of it replayed as production traffic (``traffic.jsonl``); the test split is
    cut per intent into two halves, one convert's ``--test`` (the gate and the report:
-   ``test.jsonl``), the other the fresh traffic both bundles answer (``fresh.jsonl``), which neither
+   ``test.jsonl``), the other the fresh traffic the bundles answer (``fresh.jsonl``), which no
    conversion nor any choice ever saw. Validation is used as it is (epoch, threshold).
 2. **Cloud model**: ``--teacher DIR``, or by default all-mpnet-base-v2 fine-tuned with ``edgekit
    finetune`` on the first part only (as banking77.sh does, 2 epochs over half the texts = its 1
@@ -20,30 +21,49 @@ usage: .venv/bin/python benchmarks/flywheel.py [--data DIR] [--teacher DIR] [--t
    ``--finetune-base minilm-l6`` needs nothing more.)
 3. **Before**: ``edgekit convert`` on the first part (``--allow-accuracy-drop``: the scenario is
    about the flywheel; the gate's verdict is in the report) into ``OUT/before`` (reused when its
-   report exists). ``edgekit serve-cloud TEACHER`` (torch engine) and ``edgekit serve BUNDLE
-   --cloud ... --record OUT/records`` start as real processes; the production traffic is replayed
-   through the edge, ``--request-size`` texts per request (default 1, as a kiosk asks), one request
-   at a time; every query below the bundle's threshold goes to the cloud and is recorded. Then, on a
-   server without ``--record``, the fresh traffic through edge + cloud, and the fresh traffic and
-   the recorded texts through the edge alone (``allow_cloud=False``).
-4. **After**: ``edgekit convert`` again with the same options plus ``--feedback OUT/records
-   --feedback-baseline OUT/before/BUNDLE`` into ``OUT/after``; the same fresh-traffic and
-   recorded-text replays through the new bundle.
+   report exists).
+4. **Control** (``--control``, the default): the same ``edgekit convert`` (same data, same options)
+   with convert's ``--seed`` one above the one "before" used, and no ``--feedback``, into
+   ``OUT/control`` (reused when its report exists). The second conversion is another training run:
+   the control measures how far a re-conversion moves the figures by itself, so that the flywheel's
+   gain is not credited with the run-to-run spread.
+5. **Recording**: ``edgekit serve-cloud TEACHER`` (torch engine) and ``edgekit serve BUNDLE --cloud
+   ... --record OUT/records`` start as real processes. The validation split goes through the edge
+   alone (``allow_cloud=False``) and the ``--record-budget`` quantile of its edge scores (the
+   calibrated top probability) becomes the recording threshold, sent with each production request,
+   so that about that share of the traffic goes to the cloud and is recorded. An operator raises the
+   cloud share like this during a learning period: at the bundle's fitted threshold the last run
+   sent 0.6% of the production traffic to the cloud and recorded 26 texts, too few to learn from or
+   to measure (``--record-budget 0`` records at the fitted threshold all the same). The production
+   traffic is replayed through the edge, ``--request-size`` texts per request (default 1, as a kiosk
+   asks), one request at a time. Then, on a server without ``--record`` and at the bundle's fitted
+   threshold, the fresh traffic through edge + cloud, and the fresh traffic and the recorded texts
+   through the edge alone.
+6. **After**: ``edgekit convert`` again with the same options as "before" plus ``--feedback
+   OUT/records --feedback-baseline OUT/before/BUNDLE`` into ``OUT/after``; the same fresh-traffic and
+   recorded-text replays through the new bundle and the control's, each at its own fitted threshold
+   (what the acceptance measures: the cloud-call rate at the fitted threshold drops and the
+   cascade's accuracy does not).
 
-Prints a markdown table of before and after (the cloud-call rate at the fitted threshold, the
-cascade's and the edge's accuracy on the fresh traffic, agreement with the cloud on the recorded
-texts, the threshold) with paired bootstrap 95% intervals of the differences (the same fresh
-texts answer both), and the verdict: the cloud rate dropped, the cascade's accuracy did not.
-Writes ``OUT/flywheel.json`` and ``OUT/flywheel.md`` (and the servers' logs) too. Without
-``--out`` a temporary directory holds everything and is deleted.
+Prints a markdown table of before, control and after (the cloud-call rate at the fitted threshold,
+the cascade's and the edge's accuracy on the fresh traffic, agreement with the cloud on the recorded
+texts, the threshold) with paired bootstrap 95% intervals of after - before, after - control and
+control - before (the run-to-run spread; the same fresh texts answer all three), and the verdict:
+the flywheel holds if the cloud rate after is below both before's and the control's and the
+cascade's accuracy after is not below before's (point estimates). ``--no-control`` skips the
+control and prints the before/after table. Writes ``OUT/flywheel.json`` and ``OUT/flywheel.md``
+(and the servers' logs) too. Without ``--out`` a temporary directory holds everything and is
+deleted.
 
 Cheaper runs: ``--targets onnx`` (convert exports every format by default; only ``--bundle`` is
-served), ``--epochs N``, ``--teacher DIR`` (a teacher fine-tuned before; one fine-tuned on the whole
-training split saw the production texts, which the result then says).
+served), ``--epochs N``, ``--no-control`` (one conversion fewer), ``--teacher DIR`` (a teacher
+fine-tuned before; one fine-tuned on the whole training split saw the production texts, which the
+result then says).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -76,7 +96,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")
 
 
-# -- the data (pure) ----------------------------------------------------------------------------------
+# -- the data, the recording threshold, the control (pure) -------------------------------------------
 
 
 def split_per_label(rows: Sequence[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -98,6 +118,42 @@ def paired_interval(before: np.ndarray, after: np.ndarray, seed: int = 0, resamp
     diff = np.asarray(after, float) - np.asarray(before, float)
     means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(1)
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def budget_threshold(scores: Sequence[float], budget: float) -> float | None:
+    """The threshold below which about ``budget`` of these edge scores fall (their ``budget``-quantile;
+    the cascade asks the cloud when a score is below the threshold); None for budget 0: the bundle's own."""
+    if not 0 <= budget < 1:
+        raise ConfigError(f"the record budget must lie in [0, 1), got {budget}")
+    if budget == 0:
+        return None
+    values = np.asarray(scores, float)
+    if values.size == 0 or not np.isfinite(values).all():
+        raise DataError(f"cannot take a recording threshold from {values.size} edge scores "
+                        f"({int((~np.isfinite(values)).sum())} not finite)")
+    return float(np.quantile(values, budget))
+
+
+def control_options(options: Sequence[str], default_seed: int) -> tuple[list[str], int]:
+    """The control's convert options: "before"'s with ``--seed`` one above the seed they give (the last
+    ``--seed N`` or ``--seed=N``, as click reads them) or convert's default: another training run of the
+    same conversion. Returns the options and that seed."""
+    seed = default_seed
+    for i, option in enumerate(options):
+        value = options[i + 1] if option == "--seed" and i + 1 < len(options) else (
+            option.removeprefix("--seed=") if option.startswith("--seed=") else None)
+        if value is not None:
+            try:
+                seed = int(value)
+            except ValueError:
+                raise ConfigError(f"convert --seed must be an integer, got {value!r}", hint="--convert-args") from None
+    return [*options, "--seed", str(seed + 1)], seed + 1
+
+
+def convert_default_seed() -> int:
+    from edgekit.config import ConvertConfig
+
+    return next(f.default for f in dataclasses.fields(ConvertConfig) if f.name == "seed")
 
 
 # -- teacher and conversions (subprocesses) -----------------------------------------------------------
@@ -164,15 +220,19 @@ def server(args: Sequence[str], log: Path, timeout_s: float = 300.0) -> Iterator
         yield proc.address
 
 
-def replay(address: str, texts: Sequence[str], *, allow_cloud: bool, request_size: int) -> list[dict]:
-    """Each text's answer (label, route, score), ``request_size`` texts per request, one request at a time."""
+def replay(address: str, texts: Sequence[str], *, allow_cloud: bool, request_size: int,
+           threshold: float | None = None) -> list[dict]:
+    """Each text's answer (label, route, score, and the edge's calibrated top probability ``edge_score``),
+    ``request_size`` texts per request, one request at a time; ``threshold`` (None: the server's) in each."""
     from edgekit.runtime.client import EdgeClient
 
     answers = []
     with EdgeClient(address, timeout_s=120) as client:
         for start in range(0, len(texts), request_size):
-            for p in client.classify(list(texts[start : start + request_size]), allow_cloud=allow_cloud):
-                answers.append({"label": p.label, "route": p.route.value, "score": p.score})
+            for p in client.classify(list(texts[start : start + request_size]), allow_cloud=allow_cloud,
+                                     threshold=threshold):
+                answers.append({"label": p.label, "route": p.route.value, "score": p.score,
+                                "edge_score": p.edge_score})
     return answers
 
 
@@ -211,23 +271,42 @@ def read_recorded(directory: Path) -> list[dict]:
     return [{"text": r["text"], "cloud_label": r["cloud_label"]} for r in read_records(directory)]
 
 
-def phase_before(teacher: Path, bundle: Path, data: Path, work: Path, size: int) -> dict[str, Any]:
+def recording_threshold(edge: str, validation: Sequence[dict], budget: float, size: int) -> dict[str, Any]:
+    """The threshold the production traffic is replayed at: the ``budget``-quantile of the edge's scores on
+    the validation split (edge alone), or the bundle's fitted threshold for budget 0."""
+    fitted = threshold_of(edge)
+    if budget == 0:
+        return {"record_budget": 0.0, "record_threshold": fitted, "fitted_threshold": fitted}
+    scores = [a["edge_score"] for a in replay(edge, [r["text"] for r in validation], allow_cloud=False,
+                                              request_size=size)]
+    threshold = budget_threshold(scores, budget)
+    return {"record_budget": budget, "record_threshold": threshold, "fitted_threshold": fitted,
+            "validation_cloud_rate": float(np.mean(np.asarray(scores) < threshold))}
+
+
+def phase_before(teacher: Path, bundle: Path, data: Path, work: Path, size: int, budget: float) -> dict[str, Any]:
     records = work / "records"
     shutil.rmtree(records, ignore_errors=True)
     traffic, fresh = read_rows(data / "traffic.jsonl"), read_rows(data / "fresh.jsonl")
     cloud_args = ("--cloud-timeout-ms", "30000")  # the scenario is not about latency: no answer lost to a busy CPU
     with server(["serve-cloud", str(teacher)], work / "cloud-before.log") as cloud:
-        click.echo(f"before: replaying {len(traffic)} production texts through {bundle.name} with --record")
         with server(["serve", str(bundle), "--cloud", cloud, *cloud_args, "--record", str(records),
                      "--record-max-files", "0", "--record-max-age-days", "0"], work / "edge-record.log") as edge:
+            recording = recording_threshold(edge, read_rows(data / "validation.jsonl"), budget, size)
+            click.echo(f"before: replaying {len(traffic)} production texts through {bundle.name} with --record "
+                       f"at threshold {recording['record_threshold']:.4f} (record budget {budget:.0%}; "
+                       f"fitted {recording['fitted_threshold']:.4f})")
             t0 = time.perf_counter()
+            threshold = recording["record_threshold"] if budget else None
             production = cascade_figures(replay(edge, [r["text"] for r in traffic], allow_cloud=True,
-                                                request_size=size), [r["label"] for r in traffic])
+                                                request_size=size, threshold=threshold),
+                                         [r["label"] for r in traffic])
             production["seconds"] = time.perf_counter() - t0
         recorded = read_recorded(records)
-        production["recorded"] = len(recorded)
+        production.update(recording, recorded=len(recorded))
         if not recorded:
-            raise DataError("the production replay sent nothing to the cloud: there is nothing to learn from")
+            raise DataError("the production replay sent nothing to the cloud: there is nothing to learn from",
+                            hint="--record-budget F (a share of the traffic, e.g. 0.1)")
         click.echo(f"before: {len(fresh)} fresh texts through edge + cloud, and through the edge alone")
         with server(["serve", str(bundle), "--cloud", cloud, *cloud_args], work / "edge-before.log") as edge:
             before = _edge_and_cascade(edge, fresh, recorded, size)
@@ -237,32 +316,83 @@ def phase_before(teacher: Path, bundle: Path, data: Path, work: Path, size: int)
             "recorded": recorded}
 
 
-def phase_after(teacher: Path, bundle: Path, data: Path, work: Path, recorded: list[dict], size: int) -> dict:
+def phase_evaluate(teacher: Path, bundles: dict[str, Path], data: Path, work: Path, recorded: list[dict],
+                   size: int) -> dict[str, dict]:
+    """Each re-converted bundle (after, control) on the fresh traffic and the recorded texts, as before's."""
     fresh = read_rows(data / "fresh.jsonl")
+    figures = {}
     with server(["serve-cloud", str(teacher)], work / "cloud-after.log") as cloud:
-        click.echo(f"after: {len(fresh)} fresh texts through {bundle.name} (+ --feedback) and the cloud")
-        with server(["serve", str(bundle), "--cloud", cloud, "--cloud-timeout-ms", "30000"],
-                    work / "edge-after.log") as edge:
-            return _edge_and_cascade(edge, fresh, recorded, size)
+        for name, bundle in bundles.items():
+            click.echo(f"{name}: {len(fresh)} fresh texts through {bundle.parent.name}/{bundle.name} and the cloud")
+            with server(["serve", str(bundle), "--cloud", cloud, "--cloud-timeout-ms", "30000"],
+                        work / f"edge-{name}.log") as edge:
+                figures[name] = _edge_and_cascade(edge, fresh, recorded, size)
+    return figures
 
 
 # -- the result --------------------------------------------------------------------------------------
 
+# the figures compared text by text on the fresh traffic: name -> key of the per-text list
+PAIRED = {"cloud_rate": "cloud", "cascade_accuracy": "cascade_right", "edge_accuracy": "edge_right"}
 
-def summarize(before: dict, after: dict, seed: int) -> dict[str, Any]:
-    b, a = before["per_text"], after["per_text"]
-    change = {
-        "cloud_rate": after["fresh"]["cloud_rate"] - before["fresh"]["cloud_rate"],
-        "cloud_rate_ci95": paired_interval(np.array(b["cloud"]), np.array(a["cloud"]), seed),
-        "cascade_accuracy": after["fresh"]["cascade_accuracy"] - before["fresh"]["cascade_accuracy"],
-        "cascade_accuracy_ci95": paired_interval(np.array(b["cascade_right"]), np.array(a["cascade_right"]), seed),
-        "edge_accuracy": after["edge_accuracy"] - before["edge_accuracy"],
-        "edge_accuracy_ci95": paired_interval(np.array(b["edge_right"]), np.array(a["edge_right"]), seed),
-        "recorded_agreement": after["recorded_agreement"] - before["recorded_agreement"],
-    }
-    return {"change": change, "cloud_rate_dropped": change["cloud_rate"] < 0,
-            "cascade_accuracy_held": change["cascade_accuracy"] >= 0,
-            "cascade_accuracy_drop_within_noise": change["cascade_accuracy_ci95"][1] >= 0}
+
+def _figure(phase: dict, name: str) -> float:
+    """One figure of a phase's replays: cloud rate and cascade accuracy live under "fresh"."""
+    return phase["fresh"][name] if name in phase["fresh"] else phase[name]
+
+
+def change(first: dict, second: dict, seed: int) -> dict[str, Any]:
+    """second - first: on the fresh traffic with paired bootstrap 95% intervals, and on the recorded texts."""
+    out: dict[str, Any] = {}
+    for name, key in PAIRED.items():
+        out[name] = _figure(second, name) - _figure(first, name)
+        out[f"{name}_ci95"] = paired_interval(np.array(first["per_text"][key]), np.array(second["per_text"][key]),
+                                              seed)
+    out["recorded_agreement"] = second["recorded_agreement"] - first["recorded_agreement"]
+    return out
+
+
+def summarize(before: dict, after: dict, seed: int, control: dict | None = None) -> dict[str, Any]:
+    """The changes (after - before; with a control also after - control and control - before, the
+    run-to-run spread) and the verdict's parts, on the point estimates."""
+    changes = {"after - before": change(before, after, seed)}
+    if control is not None:
+        changes["after - control"] = change(control, after, seed)
+        changes["control - before"] = change(before, control, seed)
+    rate, accuracy = after["fresh"]["cloud_rate"], after["fresh"]["cascade_accuracy"]
+    below_before = rate < before["fresh"]["cloud_rate"]
+    below_control = None if control is None else rate < control["fresh"]["cloud_rate"]
+    held = accuracy >= before["fresh"]["cascade_accuracy"]
+    return {"changes": changes, "cloud_rate_below_before": below_before, "cloud_rate_below_control": below_control,
+            "cascade_accuracy_held": held,
+            "cascade_accuracy_drop_within_noise": changes["after - before"]["cascade_accuracy_ci95"][1] >= 0,
+            "flywheel_holds": below_before and below_control is not False and held}
+
+
+def verdict_line(result: dict[str, Any]) -> str:
+    """"Flywheel holds" with the figures that say so, or which part fails."""
+    b, a, c, v = result["before"], result["after"], result.get("control"), result["summary"]
+
+    def rate(phase: dict) -> str:
+        return f"{phase['fresh']['cloud_rate']:.2%}"
+
+    def accuracy(phase: dict) -> str:
+        return f"{phase['fresh']['cascade_accuracy']:.4f}"
+
+    if v["flywheel_holds"]:
+        control = f" and the control's ({rate(c)})" if c is not None else ""
+        return (f"**Flywheel holds**: the cloud rate after ({rate(a)}) is below before's ({rate(b)}){control}, and "
+                f"the cascade accuracy after ({accuracy(a)}) is not below before's ({accuracy(b)}).")
+    failures = []
+    if not v["cloud_rate_below_before"]:
+        failures.append(f"the cloud rate after ({rate(a)}) is not below before's ({rate(b)})")
+    if v["cloud_rate_below_control"] is False:
+        failures.append(f"the cloud rate after ({rate(a)}) is not below the control's ({rate(c)}): "
+                        "a re-conversion without `--feedback` does as well")
+    if not v["cascade_accuracy_held"]:
+        noise = "within noise: the interval includes 0" if v["cascade_accuracy_drop_within_noise"] else "beyond noise"
+        failures.append(f"the cascade accuracy after ({accuracy(a)}) is below before's ({accuracy(b)}; {noise})")
+    return "**Flywheel does not hold**: " + "; ".join(failures) + "."
 
 
 def _pts(value: float, interval: list[float] | None = None) -> str:
@@ -270,42 +400,59 @@ def _pts(value: float, interval: list[float] | None = None) -> str:
     return out + (f" ({interval[0] * 100:+.2f}, {interval[1] * 100:+.2f})" if interval else "")
 
 
-def format_markdown(result: dict[str, Any]) -> str:
-    s, b, a, ch = result["settings"], result["before"], result["after"], result["summary"]["change"]
-    p, n_fresh = result["production"], b["fresh"]["texts"]
-    rec = len(result["recorded"])
-    per_request = "one text" if s["request_size"] == 1 else f"{s['request_size']} texts"
-    rows = [
-        (f"cloud-call rate at the fitted threshold (fresh traffic, {n_fresh} texts)",
-         f"{b['fresh']['cloud_rate']:.1%}", f"{a['fresh']['cloud_rate']:.1%}", _pts(ch["cloud_rate"], ch["cloud_rate_ci95"])),
-        ("cascade accuracy (fresh traffic)", f"{b['fresh']['cascade_accuracy']:.4f}",
-         f"{a['fresh']['cascade_accuracy']:.4f}", _pts(ch["cascade_accuracy"], ch["cascade_accuracy_ci95"])),
-        ("edge accuracy (fresh traffic, edge alone)", f"{b['edge_accuracy']:.4f}", f"{a['edge_accuracy']:.4f}",
-         _pts(ch["edge_accuracy"], ch["edge_accuracy_ci95"])),
-        (f"agreement with the cloud on the {rec} recorded texts (edge alone; in-sample after)",
-         f"{b['recorded_agreement']:.4f}", f"{a['recorded_agreement']:.4f}", _pts(ch["recorded_agreement"])),
-        ("fitted threshold (validation)", f"{b['threshold']:.4f}", f"{a['threshold']:.4f}", ""),
+def _table(result: dict[str, Any]) -> list[str]:
+    """before | (control |) after | the changes, one row per figure."""
+    s, changes = result["settings"], result["summary"]["changes"]
+    phases = [name for name in ("before", "control", "after") if result.get(name) is not None]
+    heads = {"before": "before", "control": f"control (`--seed {s.get('control_seed')}`, no `--feedback`)",
+             "after": "after (`--feedback`)"}
+    change_heads = (["change (95% paired bootstrap interval)"] if len(changes) == 1 else
+                    ["after - before (95% interval)", "after - control (95% interval)",
+                     "control - before (run-to-run spread, 95% interval)"])
+    figures = [
+        (f"cloud-call rate at the fitted threshold (fresh traffic, {result['before']['fresh']['texts']} texts)",
+         "cloud_rate", "{:.1%}"),
+        ("cascade accuracy (fresh traffic)", "cascade_accuracy", "{:.4f}"),
+        ("edge accuracy (fresh traffic, edge alone)", "edge_accuracy", "{:.4f}"),
+        (f"agreement with the cloud on the {result['production']['recorded']} recorded texts (edge alone; "
+         "in-sample after)", "recorded_agreement", "{:.4f}"),
+        ("fitted threshold (validation)", "threshold", "{:.4f}"),
     ]
-    verdict = result["summary"]
+    lines = ["| | " + " | ".join([*(heads[p] for p in phases), *change_heads]) + " |",
+             "|---|" + "---:|" * (len(phases) + len(change_heads))]
+    for label, name, fmt in figures:
+        values = [fmt.format(_figure(result[p], name)) for p in phases]
+        diffs = [_pts(ch[name], ch.get(f"{name}_ci95")) if name in ch else "" for ch in changes.values()]
+        lines.append(f"| {label} | " + " | ".join(values + diffs) + " |")
+    return lines
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    s, p, seconds = result["settings"], result["production"], result["seconds"]
+    per_request = "one text" if s["request_size"] == 1 else f"{s['request_size']} texts"
+    at = (f"at threshold {p['record_threshold']:.4f} (the {p['record_budget']:.0%} quantile of the edge's scores "
+          f"on the validation split, which sent {p['validation_cloud_rate']:.1%} of it; fitted "
+          f"{p['fitted_threshold']:.4f})" if p["record_budget"] else
+          f"at the bundle's fitted threshold ({p['record_threshold']:.4f})")
+    control = result.get("control") is not None
     lines = [
         f"## Flywheel: {s['dataset']}, {s['bundle']} bundle, {s['first_texts']} training texts converted, "
         f"{p['texts']} production texts replayed", "",
-        f"Production traffic through the edge + cloud: {p['cloud_rate']:.1%} sent to the cloud, {p['recorded']} "
-        f"recorded, cascade accuracy {p['cascade_accuracy']:.4f}. The cloud model ({s['teacher_name']}, fine-tuned on "
-        f"{s['teacher_trained_on']}) alone on the fresh traffic: {result['cloud_accuracy_fresh']:.4f}. "
-        f"Re-converted with `--feedback` (weight {s['feedback_weight'] or 'default'}); {per_request} per request, "
-        "one request at a time.", "",
-        "| | before | after (`--feedback`) | change (95% paired bootstrap interval) |",
-        "|---|---:|---:|---:|",
-        *(f"| {name} | {x} | {y} | {d} |" for name, x, y, d in rows), "",
-        f"**Cloud rate {'dropped' if verdict['cloud_rate_dropped'] else 'did not drop'}**; "
-        f"**cascade accuracy {'did not drop' if verdict['cascade_accuracy_held'] else 'dropped'}**"
-        + ("" if verdict["cascade_accuracy_held"] else
-           (" (within noise: the interval includes 0)" if verdict["cascade_accuracy_drop_within_noise"] else
-            " (beyond noise)")) + ".",
-        f"Convert wall time: before {result['seconds']['convert_before']}, after {result['seconds']['convert_after']:.0f} s.",
+        f"Production traffic through the edge + cloud {at}: {p['cloud_rate']:.1%} sent to the cloud, "
+        f"{p['recorded']} recorded, cascade accuracy {p['cascade_accuracy']:.4f}. The cloud model "
+        f"({s['teacher_name']}, fine-tuned on {s['teacher_trained_on']}) alone on the fresh traffic: "
+        f"{result['cloud_accuracy_fresh']:.4f}. Re-converted with `--feedback` (weight "
+        f"{s['feedback_weight'] or 'default'})"
+        + (f", and without it but with convert's `--seed {s['control_seed']}` as a control (control - before "
+           "is what a re-conversion moves by itself)" if control else "")
+        + f"; the fresh traffic at each bundle's fitted threshold; {per_request} per request, one request at a time.",
+        "", *_table(result), "", verdict_line(result),
+        "Convert wall time: before " + seconds["convert_before"]
+        + (f", control {seconds['convert_control']}" if control else "")
+        + f", after {seconds['convert_after']:.0f} s.",
     ]
-    failed = b["fresh"]["cloud_failed"] + a["fresh"]["cloud_failed"] + p["cloud_failed"]
+    phases = [result[name] for name in ("before", "control", "after") if result.get(name) is not None]
+    failed = p["cloud_failed"] + sum(phase["fresh"]["cloud_failed"] for phase in phases)
     if failed:
         lines.append(f"Warning: {failed} cloud calls failed (EDGE_CLOUD_FAILED): the edge answered those.")
     return "\n".join(lines) + "\n"
@@ -334,6 +481,21 @@ def prepare_data(source: Path, out: Path, share: float, seed: int) -> dict[str, 
     return parts
 
 
+def convert_once(teacher: Path, data: Path, out: Path, options: Sequence[str], name: str) -> str:
+    """``convert`` into ``out`` unless its report is there already; the wall time, or "(reused)"."""
+    if (out / "report.json").is_file():
+        click.echo(f"{name}: already converted in {out} (delete it to convert again)")
+        return "(reused)"
+    return f"{convert(teacher, data, out, options):.0f} s"
+
+
+def bundle_in(directory: Path, name: str) -> Path:
+    if not (directory / name / "manifest.json").is_file():
+        raise ConfigError(f"{directory} has no {name} bundle",
+                          hint="--bundle NAME of a bundle convert wrote (see its report.md)")
+    return directory / name
+
+
 @click.command()
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Directory with train/validation/test.jsonl (default: ../shared/data/banking77).")
@@ -346,17 +508,22 @@ def prepare_data(source: Path, out: Path, share: float, seed: int) -> dict[str, 
 @click.option("--targets", default=None, help="convert --targets (default: convert's, every format).")
 @click.option("--bundle", "bundle_name", default="onnx-int8", show_default=True, help="The bundle served.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="convert --epochs (default: convert's).")
-@click.option("--convert-args", default="", help="More options for both conversions, as one string.")
+@click.option("--convert-args", default="", help="More options for all conversions, as one string.")
 @click.option("--feedback-weight", type=click.FloatRange(min=0, min_open=True), default=None,
               help="convert --feedback-weight (default: convert's).")
+@click.option("--record-budget", type=click.FloatRange(0, 1, max_open=True), default=0.10, show_default=True,
+              help="Share of the traffic sent to the cloud while recording (the threshold: this quantile of the "
+                   "edge's scores on the validation split); 0: the bundle's fitted threshold.")
+@click.option("--control/--no-control", default=True, show_default=True,
+              help="Convert once more without --feedback and with convert's --seed + 1, as a control.")
 @click.option("--request-size", type=click.IntRange(min=1), default=1, show_default=True, help="Texts per request.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The data split and the bootstrap.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep data, bundles, records, logs, flywheel.json and flywheel.md here.")
 def main(data, teacher, traffic_share, finetune_base, finetune_epochs, targets, bundle_name, epochs, convert_args,
-         feedback_weight, request_size, seed, out) -> None:
-    """Replay production traffic through edge + cloud with --record, convert again with --feedback, and
-    compare both bundles on fresh traffic (see the module docstring)."""
+         feedback_weight, record_budget, control, request_size, seed, out) -> None:
+    """Replay production traffic through edge + cloud with --record, convert again with --feedback (and
+    once more without, as a control), and compare the bundles on fresh traffic (see the module docstring)."""
     source = data or _default_data()
     with tempfile.TemporaryDirectory(prefix="edgekit-flywheel-") as tmp:
         work = (out or Path(tmp)).resolve()
@@ -369,37 +536,40 @@ def main(data, teacher, traffic_share, finetune_base, finetune_epochs, targets, 
         click.echo(f"cloud model {teacher}: fine-tuned on {trained_on}")
         options = [*(("--targets", targets) if targets else ()), *(("--epochs", str(epochs)) if epochs else ()),
                    *shlex.split(convert_args)]
-        seconds: dict[str, Any] = {}
-        before_dir, after_dir = work / "before", work / "after"
-        if (before_dir / "report.json").is_file():
-            click.echo(f"before: already converted in {before_dir} (delete it to convert again)")
-            seconds["convert_before"] = "(reused)"
-        else:
-            seconds["convert_before"] = f"{convert(teacher, work / 'data', before_dir, options):.0f} s"
-        bundle = before_dir / bundle_name
-        if not (bundle / "manifest.json").is_file():
-            raise ConfigError(f"{before_dir} has no {bundle_name} bundle",
-                              hint="--bundle NAME of a bundle convert wrote (see its report.md)")
-        first = phase_before(teacher, bundle, work / "data", work, request_size)
+        seconds: dict[str, Any] = {"convert_before": convert_once(teacher, work / "data", work / "before", options,
+                                                                  "before")}
+        bundle = bundle_in(work / "before", bundle_name)
+        bundles, control_seed = {}, None
+        if control:
+            control_args, control_seed = control_options(options, convert_default_seed())
+            seconds["convert_control"] = convert_once(teacher, work / "data", work / "control", control_args,
+                                                      "control")
+            bundles["control"] = bundle_in(work / "control", bundle_name)
+        first = phase_before(teacher, bundle, work / "data", work, request_size, record_budget)
+        after_dir = work / "after"
         shutil.rmtree(after_dir, ignore_errors=True)
         feedback = ["--feedback", str(work / "records"), "--feedback-baseline", str(bundle),
                     *(("--feedback-weight", str(feedback_weight)) if feedback_weight else ())]
         seconds["convert_after"] = convert(teacher, work / "data", after_dir, options, feedback)
-        after = phase_after(teacher, after_dir / bundle_name, work / "data", work, first["recorded"], request_size)
+        bundles = {"after": bundle_in(after_dir, bundle_name), **bundles}
+        evaluated = phase_evaluate(teacher, bundles, work / "data", work, first["recorded"], request_size)
         result = {
             "settings": {"dataset": source.name, "bundle": bundle_name, "traffic_share": traffic_share,
                          "first_texts": len(parts["train"]), "teacher": str(teacher), "teacher_name": teacher.name,
                          "teacher_trained_on": trained_on, "convert_options": options,
-                         "feedback_weight": feedback_weight, "request_size": request_size, "seed": seed},
+                         "feedback_weight": feedback_weight, "record_budget": record_budget, "control": control,
+                         "control_seed": control_seed, "request_size": request_size, "seed": seed},
             "production": first["production"], "cloud_accuracy_fresh": first["cloud_accuracy_fresh"],
-            "before": first["before"], "after": after, "recorded": first["recorded"], "seconds": seconds,
+            "before": first["before"], "control": evaluated.get("control"), "after": evaluated["after"],
+            "recorded": first["recorded"], "seconds": seconds,
             "report_feedback": json.loads((after_dir / "report.json").read_text(encoding="utf-8")).get("feedback"),
         }
-        result["summary"] = summarize(first["before"], after, seed)
+        result["summary"] = summarize(first["before"], evaluated["after"], seed, evaluated.get("control"))
         markdown = format_markdown(result)
         click.echo(markdown)
-        for phase in ("before", "after"):
-            result[phase].pop("per_text")
+        for phase in ("before", "control", "after"):
+            if result[phase] is not None:
+                result[phase].pop("per_text")
         result["recorded"] = len(result["recorded"])
         if out is not None:
             (work / "flywheel.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
