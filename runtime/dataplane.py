@@ -39,6 +39,7 @@ from edgekit.errors import CloudUnavailable, ConfigError, DeadlineExceeded, Inva
 from edgekit.monitoring import DriftMonitor, DriftSettings
 from edgekit.runtime.batching import BatchedModel, BatchSettings
 from edgekit.runtime.cascade import Cascade, CascadeSettings, CircuitBreaker
+from edgekit.runtime.deferred import defer
 from edgekit.runtime.monitor_metrics import MonitorMetrics, register_monitor_metrics
 from edgekit.runtime.recorder import Recorder, RecorderSettings
 from edgekit.runtime.types import ClassifyOptions, LogitModel, ModelInfo, Prediction, Route
@@ -185,6 +186,18 @@ class _Metrics:
         self.requests.labels(self.backend, status).inc()
 
 
+class _Settle:
+    """A collector that yields nothing: registered first, it makes a scrape wait for the
+    bookkeeping of the requests already answered (see :meth:`DataPlane.settle`)."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    def collect(self) -> list:
+        self._dataplane.settle()
+        return []
+
+
 class DataPlane:
     """Validated, batched, cascaded classification of one model, with metrics and readiness.
 
@@ -205,6 +218,9 @@ class DataPlane:
         monitor: MonitorSettings = MonitorSettings(),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._settled = threading.Condition()
+        self._unsettled = 0  # answered requests whose bookkeeping has not run yet
+        self.registry.register(_Settle(self))  # first: a scrape waits for it, then reads the rest
         self.limits = limits
         self._cloud = cloud
         self._cascade_settings = cascade
@@ -267,6 +283,7 @@ class DataPlane:
         current = self._current
         info = dataclasses.replace(current.model.info, threshold=current.cascade.threshold)
         if self._drift_on:
+            self.settle()
             info = dataclasses.replace(info, summary={**info.summary, "drift": self._drift.monitor.snapshot()})
         return info
 
@@ -342,16 +359,38 @@ class DataPlane:
         except Exception as exc:
             self._metrics.request_failed(exc)
             raise
-        self._metrics.request_done(predictions)
-        if self._drift_on:
-            try:
-                self._drift.observe_predictions(texts, predictions)
-            except Exception:  # watching must never cost a shopper an answer
-                log.exception("event=drift_observe_failed")
+        with self._settled:
+            self._unsettled += 1
+        # after the response (runtime.deferred): off the latency of the call that is answered now
+        defer(self._count, texts, predictions, self._drift if self._drift_on else None)
         return predictions
+
+    def _count(self, texts: Sequence[str], predictions: list[Prediction], drift: MonitorMetrics | None) -> None:
+        """A request's metrics and its texts in the drift window (deferred by :meth:`classify`)."""
+        try:
+            self._metrics.request_done(predictions)
+            if drift is not None:
+                try:
+                    drift.observe_predictions(texts, predictions)
+                except Exception:  # watching must never cost a shopper an answer
+                    log.exception("event=drift_observe_failed")
+        finally:
+            with self._settled:
+                self._unsettled -= 1
+                if not self._unsettled:
+                    self._settled.notify_all()
+
+    def settle(self, timeout_s: float = 1.0) -> None:
+        """Wait until the metrics and the drift window count every request answered so far
+        (their bookkeeping runs just after each response): for readers that compare them with
+        what callers received (/metrics, GetModelInfo, :meth:`request_counts`)."""
+        with self._settled:
+            if not self._settled.wait_for(lambda: not self._unsettled, timeout_s):
+                log.warning("event=settle_timeout unsettled=%d", self._unsettled)
 
     def request_counts(self) -> dict[str, int]:
         """Requests that reached the data plane so far, by outcome (``edgekit_requests_total``)."""
+        self.settle()
         counts: dict[str, int] = {}
         for metric in self._metrics.requests.collect():
             for sample in metric.samples:

@@ -29,11 +29,11 @@ from edgekit.runtime.batching import BatchSettings
 from edgekit.runtime.cascade import CascadeSettings
 from edgekit.runtime.dataplane import WARMUP_TEXTS, DataPlane, Limits, MonitorSettings
 from edgekit.runtime.grpc import edgekit_pb2_grpc, grpc_predict_v2_pb2_grpc
+from edgekit.runtime.grpc.pool import LifoPool
 from edgekit.runtime.grpc.servicers import (
     SERVICE_NAMES,
     AdminServicer,
     Admission,
-    CountingPool,
     EdgeClassifierServicer,
     ErrorInterceptor,
     InferenceServicer,
@@ -113,7 +113,8 @@ class EdgeServer:
         self.port = self._listen(_hostport(settings.host, settings.port), credentials)
 
     def _grpc_server(self, settings: ServerSettings) -> grpc.Server:
-        pool = CountingPool(max_workers=settings.max_workers, thread_name_prefix="edgekit-grpc")
+        # the thread that went idle last takes the next call (runtime.grpc.pool says why)
+        pool = self._pool = LifoPool(max_workers=settings.max_workers, thread_name_prefix="edgekit-grpc")
         max_inflight_rpcs = settings.max_inflight_rpcs
         return grpc.server(
             pool,
@@ -223,6 +224,7 @@ class EdgeServer:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
         self._health_pool.shutdown(wait=False)
+        self._pool.shutdown(wait=False)
         counts = self.dataplane.request_counts()  # what a supervisor compares with what callers received
         log.info("event=stopped address=%s answered=%d refused_or_failed=%d", self.address, counts.get("ok", 0),
                  sum(n for status, n in counts.items() if status != "ok"))

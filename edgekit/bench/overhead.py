@@ -6,7 +6,9 @@
 1. **One client, one text per call, interleaved** (each round sends the same text through every
    subject in turn, the order rotating): the model called in process (``in-process``: tokenizer +
    engine), a bare gRPC echo (``grpc-echo``: a generic unary handler in its own process that
-   returns the request's bytes, the transport's floor), and each server mode (``Classify`` with
+   returns the request's bytes, the transport's floor), a bare model server (``bare-model``: a
+   generic handler that runs the same model and answers the top label, nothing of edgekit's
+   server: what Python gRPC itself adds around a model), and each server mode (``Classify`` with
    ``allow_cloud=False``). ``overhead_ms`` = server p50 − in-process p50 − echo p50: what the
    server adds beyond model and transport.
 2. **Throughput** at each client count (1, 4, 16, 64 by default) for each server mode: that many
@@ -36,7 +38,7 @@ import numpy as np
 from edgekit.bench.servers import ServerProcess
 from edgekit.errors import ConfigError
 
-__all__ = ["ECHO_SCRIPT", "SERVER_MODES", "format_overhead_markdown", "run_overhead"]
+__all__ = ["BARE_MODEL_SCRIPT", "ECHO_SCRIPT", "SERVER_MODES", "format_overhead_markdown", "run_overhead"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,34 @@ server.add_generic_rpc_handlers((handler,))
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 print(f"serving echo (bare gRPC) on 127.0.0.1:{port}", flush=True)
+server.wait_for_termination()
+"""
+
+
+# What any Python gRPC server running this model costs, with nothing of edgekit's server: one
+# generic handler (its own process, one worker thread) that parses the request, calls the same
+# bundle model as the in-process row and answers the top label. The gap between it and
+# ``edgekit serve`` is edgekit's request path; the gap between it and model + echo is Python gRPC's.
+BARE_MODEL_SCRIPT = r"""
+import sys, grpc
+from concurrent import futures
+from edgekit.runtime.grpc import edgekit_pb2 as ek
+from edgekit.runtime.model import load_bundle_model
+model = load_bundle_model(sys.argv[1], threads=int(sys.argv[2]))
+labels = model.info.labels
+def classify(request, context):
+    row = model.logits(list(request.texts))[0]
+    j = int(row.argmax())
+    return ek.ClassifyResponse(predictions=[ek.Prediction(label=labels[j], score=float(row[j]))])
+handler = grpc.method_handlers_generic_handler("edgekit.v1.EdgeClassifier", {
+    "Classify": grpc.unary_unary_rpc_method_handler(classify, request_deserializer=ek.ClassifyRequest.FromString,
+                                                    response_serializer=ek.ClassifyResponse.SerializeToString)})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+model.logits(["warm up"])
+print(f"serving bare-model (grpc + model only) on 127.0.0.1:{port}", flush=True)
 server.wait_for_termination()
 """
 
@@ -177,12 +207,14 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
     model = load_bundle_model(bundle, threads=threads)
     try:
         servers["grpc-echo"] = ServerProcess([sys.executable, "-c", ECHO_SCRIPT], name="grpc-echo").start()
+        servers["bare-model"] = ServerProcess([sys.executable, "-c", BARE_MODEL_SCRIPT, str(bundle), str(threads)],
+                                              name="bare-model").start()
         for name, extra in modes.items():
             servers[name] = ServerProcess([*serve, *extra], name=name).start()
         times = _single_client(model, servers, texts, rounds)
         single = {name: {"p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)} for name, t in times.items()}
         floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]
-        for name in modes:
+        for name in ("bare-model", *modes):
             single[name]["overhead_ms"] = round(single[name]["p50_ms"] - floor, 3)
         payloads = [_request_bytes(t) for t in texts]
         load = []

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from concurrent import futures
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +31,7 @@ import numpy as np
 from edgekit import __version__
 from edgekit.errors import DeadlineExceeded, EdgekitError, InvalidInput, Overloaded
 from edgekit.runtime.dataplane import make_options
+from edgekit.runtime.deferred import run_deferred
 from edgekit.runtime.grpc import decode_bytes_tensor, encode_bytes_tensor, model_info_to_pb, refusing_handler
 from edgekit.runtime.grpc import edgekit_pb2 as ek
 from edgekit.runtime.grpc import edgekit_pb2_grpc as ek_grpc
@@ -42,11 +41,11 @@ from edgekit.runtime.types import ModelInfo, Prediction, Route
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.dataplane import DataPlane
+    from edgekit.runtime.grpc.pool import LifoPool
 
 __all__ = [
     "AdminServicer",
     "Admission",
-    "CountingPool",
     "EdgeClassifierServicer",
     "ErrorInterceptor",
     "InferenceServicer",
@@ -349,7 +348,9 @@ def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any
 def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Iterator[Any]]:
     def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from behavior((_well_formed(r) for r in requests), context)
+            for response in behavior((_well_formed(r) for r in requests), context):
+                yield response
+                run_deferred(close=False)  # a stream's call lasts: each response's bookkeeping now
         except Exception as exc:
             _abort(context, exc, method)
 
@@ -370,36 +371,6 @@ def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
-class CountingPool(futures.ThreadPoolExecutor):
-    """The server's worker pool, counting the RPCs it holds (running or waiting for a thread).
-
-    Every RPC gRPC accepts is submitted here, and every submitted item runs (a cancelled call's
-    item returns at once), so the count cannot leak.
-    """
-
-    def __init__(self, max_workers: int, thread_name_prefix: str = "") -> None:
-        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
-        self._lock = threading.Lock()
-        self._held = 0
-
-    @property
-    def held(self) -> int:
-        return self._held
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
-        with self._lock:
-            self._held += 1
-
-        def run() -> Any:
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                with self._lock:
-                    self._held -= 1
-
-        return super().submit(run)
-
-
 class Admission:
     """The in-flight bound: refuse a call at once (RESOURCE_EXHAUSTED, with the reason) while
     ``limit`` RPCs already run or wait for a worker thread, and tell ``on_refused``. The bounded,
@@ -407,7 +378,7 @@ class Admission:
     metrics); :class:`ErrorInterceptor` asks it for edgekit's services only, so health checks
     always pass (probes must see a busy server as alive)."""
 
-    def __init__(self, pool: CountingPool, limit: int, on_refused: Callable[[str], None]) -> None:
+    def __init__(self, pool: LifoPool, limit: int, on_refused: Callable[[str], None]) -> None:
         self._pool = pool
         self._limit = limit
         self._on_refused = on_refused
