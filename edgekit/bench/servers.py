@@ -33,7 +33,8 @@ from edgekit.errors import ConfigError, EdgekitError
 
 __all__ = ["ServerProcess", "cloud_edgekit", "interrupt_on_signals", "triton_cloud_argv", "triton_stats"]
 
-_SERVING = re.compile(r"^serving (\S+) .* on ([\w.\-\[\]:]*):(\d+)\s*$", re.MULTILINE)
+# `serve --workers N` adds "(N workers, pids ...)" after the address
+_SERVING = re.compile(r"^serving (\S+) .* on ([\w.\-\[\]:]*):(\d+)(?: \(\d+ workers[^)]*\))?\s*$", re.MULTILINE)
 _METRICS = re.compile(r"^metrics on (http://\S+)\s*$", re.MULTILINE)
 _GRACE_S = 60.0  # Triton drains and unloads its model on SIGTERM: seconds on a busy machine
 

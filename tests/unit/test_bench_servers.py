@@ -1,0 +1,24 @@
+"""The ready line the benchmarks' ServerProcess waits for, from every kind of server it starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgekit.bench.servers import _SERVING
+
+
+@pytest.mark.parametrize(("line", "name", "host", "port"), [
+    ("serving b77-onnx-int8 (onnx/int8, backend onnxruntime) on 127.0.0.1:52527", "b77-onnx-int8", "127.0.0.1", "52527"),
+    # serve --workers N (the overhead benchmark's workers-N mode waited 300 s for this one and failed)
+    ("serving b77-onnx-int8 (onnx/int8, backend onnxruntime) on 127.0.0.1:52527 (2 workers, pids 10706, 10719)",
+     "b77-onnx-int8", "127.0.0.1", "52527"),
+    ("serving echo (bare gRPC) on 127.0.0.1:41000", "echo", "127.0.0.1", "41000"),
+    ("serving cloud (torch) on [::1]:50051", "cloud", "[::1]", "50051"),
+])
+def test_the_ready_line_gives_name_host_and_port(line, name, host, port):
+    match = _SERVING.search(f"some log line\n{line}\nmetrics on http://127.0.0.1:9/metrics\n")
+    assert match is not None and match.groups() == (name, host, port)
+
+
+def test_a_line_that_only_mentions_serving_is_not_ready():
+    assert _SERVING.search("serving soon, loading the model from /tmp/x on disk") is None
