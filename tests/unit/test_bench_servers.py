@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.bench.servers import _SERVING
+from edgekit.bench.servers import _METRICS, _SERVING
 
 
 @pytest.mark.parametrize(("line", "name", "host", "port"), [
@@ -22,3 +22,10 @@ def test_the_ready_line_gives_name_host_and_port(line, name, host, port):
 
 def test_a_line_that_only_mentions_serving_is_not_ready():
     assert _SERVING.search("serving soon, loading the model from /tmp/x on disk") is None
+
+
+@pytest.mark.parametrize("line", ["metrics on http://127.0.0.1:42605/metrics",
+                                  "metrics on http://127.0.0.1:42605/metrics (summed over the workers)"])
+def test_the_metrics_line_gives_the_url(line):
+    match = _METRICS.search(f"serving x (y) on 127.0.0.1:1\n{line}\n")
+    assert match is not None and match.group(1) == "http://127.0.0.1:42605/metrics"
