@@ -262,6 +262,7 @@ def _edge_and_cascade(edge: str, fresh: Sequence[dict], recorded: Sequence[dict]
             "per_text": {"cloud": [a["route"] == "CLOUD" for a in cascade],
                          "cascade_right": [a["label"] == y for a, y in zip(cascade, gold)],
                          "edge_right": [a["label"] == y for a, y in zip(alone, gold)],
+                         "edge_label": [a["label"] for a in alone], "edge_score": [a["edge_score"] for a in alone],
                          "recorded_agree": [a["label"] == r["cloud_label"] for a, r in zip(on_records, recorded)]}}
 
 
@@ -313,7 +314,7 @@ def phase_before(teacher: Path, bundle: Path, data: Path, work: Path, size: int,
         alone = replay(cloud, [r["text"] for r in fresh], allow_cloud=True, request_size=32)
         cloud_accuracy = float(np.mean([a["label"] == r["label"] for a, r in zip(alone, fresh)]))
     return {"production": production, "before": before, "cloud_accuracy_fresh": cloud_accuracy,
-            "recorded": recorded}
+            "cloud_labels_fresh": [a["label"] for a in alone], "recorded": recorded}
 
 
 def phase_evaluate(teacher: Path, bundles: dict[str, Path], data: Path, work: Path, recorded: list[dict],
@@ -336,9 +337,9 @@ def phase_evaluate(teacher: Path, bundles: dict[str, Path], data: Path, work: Pa
 PAIRED = {"cloud_rate": "cloud", "cascade_accuracy": "cascade_right", "edge_accuracy": "edge_right"}
 
 
-def _figure(phase: dict, name: str) -> float:
+def _figure(phase: dict, name: str) -> float | None:
     """One figure of a phase's replays: cloud rate and cascade accuracy live under "fresh"."""
-    return phase["fresh"][name] if name in phase["fresh"] else phase[name]
+    return phase["fresh"][name] if name in phase["fresh"] else phase.get(name)
 
 
 def change(first: dict, second: dict, seed: int) -> dict[str, Any]:
@@ -395,9 +396,55 @@ def verdict_line(result: dict[str, Any]) -> str:
     return "**Flywheel does not hold**: " + "; ".join(failures) + "."
 
 
-def _pts(value: float, interval: list[float] | None = None) -> str:
+def matched_verdict(result: dict[str, Any]) -> str:
+    """The comparison at equal cascade accuracy (the cloud model alone's on the fresh traffic)."""
+    rates = {p: result[p]["matched_cloud_rate"] for p in ("before", "control", "after") if result.get(p) is not None}
+    shown = ", ".join(f"{p} {'unreachable' if r is None else f'{r:.1%}'}" for p, r in rates.items())
+    others = [r for p, r in rates.items() if p != "after"]
+    if rates["after"] is not None and all(r is None or rates["after"] < r for r in others):
+        return f"At equal cascade accuracy (the cloud model's own, {result['cloud_accuracy_fresh']:.4f}) the " \
+               f"flywheel's bundle needs the fewest cloud calls: {shown}."
+    return f"At equal cascade accuracy (the cloud model's own, {result['cloud_accuracy_fresh']:.4f}) the " \
+           f"flywheel's bundle does not need the fewest cloud calls: {shown}."
+
+
+def _pts(value: float | None, interval: list[float] | None = None) -> str:
+    if value is None:
+        return "–"
     out = f"{value * 100:+.2f} pts"
     return out + (f" ({interval[0] * 100:+.2f}, {interval[1] * 100:+.2f})" if interval else "")
+
+
+def matched_cloud_rate(phase: dict, cloud_labels: Sequence[str], gold: Sequence[str],
+                       index: np.ndarray | None = None) -> float | None:
+    """The cloud-call rate at which this bundle's cascade matches the cloud model alone on the fresh
+    traffic (``index``: a bootstrap resample of it): the least sure texts, by the edge's calibrated
+    score, go to the cloud first. At a fitted threshold of 0 (a bundle the gate finds good enough
+    alone on validation) the fitted cloud rate says nothing; this one still compares the bundles."""
+    from edgekit.metrics import cloud_rate_for_accuracy
+
+    per_text = phase["per_text"]
+    index = np.arange(len(gold)) if index is None else index
+    edge, cloud, truth = (np.asarray(v, dtype=object)[index] for v in (per_text["edge_label"], cloud_labels, gold))
+    return cloud_rate_for_accuracy(float(np.mean(cloud == truth)), np.asarray(per_text["edge_score"], float)[index],
+                                   edge, cloud, truth)
+
+
+def matched_change(first: dict, second: dict, cloud_labels: Sequence[str], gold: Sequence[str], seed: int,
+                   resamples: int = 1000) -> dict[str, Any]:
+    """second - first of :func:`matched_cloud_rate`, with a paired bootstrap 95% interval (the same
+    resampled texts, and their cloud accuracy as the target, for both)."""
+    point = [matched_cloud_rate(p, cloud_labels, gold) for p in (first, second)]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        index = rng.integers(0, len(gold), len(gold))
+        a, b = (matched_cloud_rate(p, cloud_labels, gold, index) for p in (first, second))
+        if a is not None and b is not None:
+            diffs.append(b - a)
+    return {"matched_cloud_rate": None if None in point else point[1] - point[0],
+            "matched_cloud_rate_ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+            if diffs else None}
 
 
 def _table(result: dict[str, Any]) -> list[str]:
@@ -412,6 +459,8 @@ def _table(result: dict[str, Any]) -> list[str]:
     figures = [
         (f"cloud-call rate at the fitted threshold (fresh traffic, {result['before']['fresh']['texts']} texts)",
          "cloud_rate", "{:.1%}"),
+        ("cloud-call rate for the cascade to match the cloud model alone (fresh traffic, "
+         f"{result['cloud_accuracy_fresh']:.4f})", "matched_cloud_rate", "{:.1%}"),
         ("cascade accuracy (fresh traffic)", "cascade_accuracy", "{:.4f}"),
         ("edge accuracy (fresh traffic, edge alone)", "edge_accuracy", "{:.4f}"),
         (f"agreement with the cloud on the {result['production']['recorded']} recorded texts (edge alone; "
@@ -421,7 +470,7 @@ def _table(result: dict[str, Any]) -> list[str]:
     lines = ["| | " + " | ".join([*(heads[p] for p in phases), *change_heads]) + " |",
              "|---|" + "---:|" * (len(phases) + len(change_heads))]
     for label, name, fmt in figures:
-        values = [fmt.format(_figure(result[p], name)) for p in phases]
+        values = ["–" if _figure(result[p], name) is None else fmt.format(_figure(result[p], name)) for p in phases]
         diffs = [_pts(ch[name], ch.get(f"{name}_ci95")) if name in ch else "" for ch in changes.values()]
         lines.append(f"| {label} | " + " | ".join(values + diffs) + " |")
     return lines
@@ -447,9 +496,10 @@ def format_markdown(result: dict[str, Any]) -> str:
            "is what a re-conversion moves by itself)" if control else "")
         + f"; the fresh traffic at each bundle's fitted threshold; {per_request} per request, one request at a time.",
         "", *_table(result), "", verdict_line(result),
+        *([result["summary"]["matched_verdict"]] if result["summary"].get("matched_verdict") else []),
         "Convert wall time: before " + seconds["convert_before"]
         + (f", control {seconds['convert_control']}" if control else "")
-        + f", after {seconds['convert_after']:.0f} s.",
+        + f", after {seconds['convert_after']}.",
     ]
     phases = [result[name] for name in ("before", "control", "after") if result.get(name) is not None]
     failed = p["cloud_failed"] + sum(phase["fresh"]["cloud_failed"] for phase in phases)
@@ -547,10 +597,10 @@ def main(data, teacher, traffic_share, finetune_base, finetune_epochs, targets, 
             bundles["control"] = bundle_in(work / "control", bundle_name)
         first = phase_before(teacher, bundle, work / "data", work, request_size, record_budget)
         after_dir = work / "after"
-        shutil.rmtree(after_dir, ignore_errors=True)
         feedback = ["--feedback", str(work / "records"), "--feedback-baseline", str(bundle),
                     *(("--feedback-weight", str(feedback_weight)) if feedback_weight else ())]
-        seconds["convert_after"] = convert(teacher, work / "data", after_dir, options, feedback)
+        # reused like before and control: the same before bundle records the same texts
+        seconds["convert_after"] = convert_once(teacher, work / "data", after_dir, [*options, *feedback], "after")
         bundles = {"after": bundle_in(after_dir, bundle_name), **bundles}
         evaluated = phase_evaluate(teacher, bundles, work / "data", work, first["recorded"], request_size)
         result = {
@@ -564,7 +614,17 @@ def main(data, teacher, traffic_share, finetune_base, finetune_epochs, targets, 
             "recorded": first["recorded"], "seconds": seconds,
             "report_feedback": json.loads((after_dir / "report.json").read_text(encoding="utf-8")).get("feedback"),
         }
+        gold = [r["label"] for r in read_rows(work / "data" / "fresh.jsonl")]
+        for phase in ("before", "control", "after"):
+            if result[phase] is not None:
+                result[phase]["matched_cloud_rate"] = matched_cloud_rate(result[phase], first["cloud_labels_fresh"], gold)
         result["summary"] = summarize(first["before"], evaluated["after"], seed, evaluated.get("control"))
+        pairs = {"after - before": ("before", "after"), "after - control": ("control", "after"),
+                 "control - before": ("before", "control")}
+        for name, change_ in result["summary"]["changes"].items():
+            a, b = pairs[name]
+            change_.update(matched_change(result[a], result[b], first["cloud_labels_fresh"], gold, seed))
+        result["summary"]["matched_verdict"] = matched_verdict(result)
         markdown = format_markdown(result)
         click.echo(markdown)
         for phase in ("before", "control", "after"):

@@ -188,7 +188,7 @@ def _result(fly, before, after, control=None, budget=0.1) -> dict:
                      "teacher_name": "flywheel-teacher", "teacher_trained_on": "the first part only",
                      "feedback_weight": None, "request_size": 1, "control_seed": 1 if control else None},
         "production": production, "cloud_accuracy_fresh": 0.92, "before": before, "control": control,
-        "after": after, "seconds": {"convert_before": "(reused)", "convert_after": 1310.2,
+        "after": after, "seconds": {"convert_before": "(reused)", "convert_after": "1310 s",
                                     **({"convert_control": "952 s"} if control else {})},
         "summary": fly.summarize(before, after, 0, control),
     }
@@ -247,9 +247,12 @@ def test_markdown_with_control_has_three_columns_and_three_changes(fly):
     assert cloud[:4] == ["cloud-call rate at the fitted threshold (fresh traffic, 10 texts)", "30.0%", "20.0%", "10.0%"]
     assert [cell.split(" (")[0] for cell in cloud[4:]] == ["-20.00 pts", "-10.00 pts", "-10.00 pts"]
     assert all(cell.endswith(")") for cell in cloud[4:])  # each with its interval
-    assert _cells(table[5])[1:] == ["0.2000", "0.3000", "0.9000", "+70.00 pts", "+60.00 pts", "+10.00 pts"]
-    assert _cells(table[5])[0] == "agreement with the cloud on the 454 recorded texts (edge alone; in-sample after)"
-    assert _cells(table[6]) == ["fitted threshold (validation)", "0.3000", "0.3000", "0.2700", "", "", ""]
+    # no per-text edge scores in these phases: the matched rate is not known
+    assert _cells(table[3]) == ["cloud-call rate for the cascade to match the cloud model alone (fresh traffic, 0.9200)",
+                                "–", "–", "–", "", "", ""]
+    assert _cells(table[6])[1:] == ["0.2000", "0.3000", "0.9000", "+70.00 pts", "+60.00 pts", "+10.00 pts"]
+    assert _cells(table[6])[0] == "agreement with the cloud on the 454 recorded texts (edge alone; in-sample after)"
+    assert _cells(table[7]) == ["fitted threshold (validation)", "0.3000", "0.3000", "0.2700", "", "", ""]
     assert ("at threshold 0.5123 (the 10% quantile of the edge's scores on the validation split, which sent 10.0% of "
             "it; fitted 0.2809): 10.1% sent to the cloud, 454 recorded") in markdown
     assert "as a control" in markdown and "**Flywheel holds**" in markdown
@@ -264,12 +267,38 @@ def test_markdown_without_control_keeps_the_two_column_table(fly):
     table = [line for line in markdown.splitlines() if line.startswith("|")]
     assert table[0] == "| | before | after (`--feedback`) | change (95% paired bootstrap interval) |"
     assert table[1] == "|---|---:|---:|---:|"
-    assert len(table) == 7 and all(len(_cells(line)) == 4 for line in table)
-    assert _cells(table[3])[:3] == ["cascade accuracy (fresh traffic)", "0.8000", "0.8000"]
+    assert len(table) == 8 and all(len(_cells(line)) == 4 for line in table)
+    assert _cells(table[4])[:3] == ["cascade accuracy (fresh traffic)", "0.8000", "0.8000"]
     assert "at the bundle's fitted threshold (0.2809): 10.1% sent to the cloud" in markdown
     assert "control" not in markdown
     assert "Convert wall time: before (reused), after 1310 s." in markdown
     assert "Warning: 2 cloud calls failed (EDGE_CLOUD_FAILED)" in markdown
+
+
+def _scored(labels: list[str], scores: list[float]) -> dict:
+    return {"per_text": {"edge_label": labels, "edge_score": scores}}
+
+
+GOLD, CLOUD = ["a", "b", "c", "d"], ["a", "b", "c", "x"]  # the cloud alone: 0.75
+
+
+def test_the_matched_cloud_rate_sends_the_least_sure_texts_until_the_cloud_is_matched(fly):
+    sure = _scored(["a", "y", "c", "d"], [0.9, 0.1, 0.8, 0.7])  # 0.75 alone: no cloud needed
+    unsure = _scored(["y", "y", "c", "d"], [0.2, 0.1, 0.9, 0.8])  # 0.5 alone; text 1 to the cloud: 0.75
+    assert fly.matched_cloud_rate(sure, CLOUD, GOLD) == 0.0
+    assert fly.matched_cloud_rate(unsure, CLOUD, GOLD) == 0.25
+    # a resample of the texts, with its own target (the cloud right on all three: 1.0); the two
+    # copies of text 1 share one score, so they go to the cloud together
+    assert fly.matched_cloud_rate(unsure, CLOUD, GOLD, np.array([1, 1, 2])) == pytest.approx(2 / 3)
+
+
+def test_the_matched_change_has_a_paired_interval(fly):
+    sure = _scored(["a", "y", "c", "d"], [0.9, 0.1, 0.8, 0.7])
+    unsure = _scored(["y", "y", "c", "d"], [0.2, 0.1, 0.9, 0.8])
+    change = fly.matched_change(unsure, sure, CLOUD, GOLD, seed=0, resamples=200)
+    assert change["matched_cloud_rate"] == -0.25
+    low, high = change["matched_cloud_rate_ci95"]
+    assert -1 <= low <= -0.25 <= high <= 0
 
 
 # -- the command line ------------------------------------------------------------------------------------
