@@ -52,9 +52,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ConfigError, ConversionError, DataError
-from edgekit.metrics import (
-    cloud_rate_for_accuracy,  # re-exported: the report's comparison uses it
-)
+from edgekit.metrics import cloud_rate_for_accuracy  # the report's comparison uses it
 
 __all__ = [
     "Answers",
@@ -301,9 +299,8 @@ def bundle_answers(bundle_dir: Path, texts: Sequence[str], labels: Sequence[str]
     """Load a bundle through its runtime backend and answer ``texts``: label ids in ``labels``' order,
     scores at the manifest's temperature and threshold unless given."""
     from edgekit.converters.measure import batched_logits
-    from edgekit.runtime.model import load_bundle_model
-
     from edgekit.metrics import softmax
+    from edgekit.runtime.model import load_bundle_model
 
     model = load_bundle_model(bundle_dir)
     try:

@@ -7,7 +7,8 @@ the drift window are updated a few microseconds later than the answer, by the sa
 the answer travels to the client and the client prepares its next call: at one client that takes
 them off the latency a kiosk sees (issue 12: after the model ran, every Python step runs on cold
 caches, and this bookkeeping measured about 0.05 ms of the 0.3 ms the server added). Outside a
-pool call (in-process use, tests, streams) :func:`defer` runs the work at once.
+pool call (in-process use, tests) :func:`defer` runs the work at once; a stream runs its list
+after each response it sends (``run_deferred(close=False)``).
 
 Hand-written: grpcio has no hook after a unary response is sent.
 """

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request

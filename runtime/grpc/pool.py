@@ -101,21 +101,21 @@ class LifoPool(futures.Executor):
         while item is not None:
             future, fn, args, kwargs = item
             item = None  # hold no reference to a finished call's arguments while asleep
-            if future.set_running_or_notify_cancel():
+            running = future.set_running_or_notify_cancel()
+            result = error = None
+            if running:
                 start_call()
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:  # as ThreadPoolExecutor: the future carries it
-                    run_deferred()
-                    self._finished()
-                    future.set_exception(exc)
-                else:
-                    run_deferred()  # the response is on its way: now the call's bookkeeping
-                    self._finished()
-                    future.set_result(result)
-            else:
-                self._finished()
-            del future, fn, args, kwargs
+                    error = exc
+                run_deferred()  # the response is on its way: now the call's bookkeeping
+            self._finished()
+            if running and error is None:
+                future.set_result(result)
+            elif running:
+                future.set_exception(error)
+            del future, fn, args, kwargs, result, error
             item = self._next(worker)
 
     def _finished(self) -> None:
