@@ -8,8 +8,9 @@
    engine), a bare gRPC echo (``grpc-echo``: a generic unary handler in its own process that
    returns the request's bytes, the transport's floor), a bare model server (``bare-model``: a
    generic handler that runs the same model and answers the top label, nothing of edgekit's
-   server: what Python gRPC itself adds around a model), and each server mode (``Classify`` with
-   ``allow_cloud=False``). ``overhead_ms`` = server p50 − in-process p50 − echo p50: what the
+   server: what Python gRPC itself adds around a model), the same with edgekit's data plane as its
+   handler (``bare-dataplane``: what edgekit's request path adds, without the server around it),
+   and each server mode (``Classify`` with ``allow_cloud=False``). ``overhead_ms`` = server p50 − in-process p50 − echo p50: what the
    server adds beyond model and transport.
 2. **Throughput** at each client count (1, 4, 16, 64 by default) for each server mode: that many
    concurrent callers (``grpc.aio`` coroutines in this process, one channel each) sending one
@@ -38,7 +39,7 @@ import numpy as np
 from edgekit.bench.servers import ServerProcess
 from edgekit.errors import ConfigError
 
-__all__ = ["BARE_MODEL_SCRIPT", "ECHO_SCRIPT", "SERVER_MODES", "format_overhead_markdown", "run_overhead"]
+__all__ = ["BARE_DATAPLANE_SCRIPT", "BARE_MODEL_SCRIPT", "ECHO_SCRIPT", "SERVER_MODES", "format_overhead_markdown", "run_overhead"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,34 @@ port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 model.logits(["warm up"])
 print(f"serving bare-model (grpc + model only) on 127.0.0.1:{port}", flush=True)
+server.wait_for_termination()
+"""
+
+
+# The same bare server with edgekit's request path in it: the handler is edgekit's Classify servicer
+# over a DataPlane (validation, admission, batcher, cascade, calibration, metrics, drift window), on
+# edgekit's worker pool (so the bookkeeping runs after the response, as in ``edgekit serve``), but
+# without the rest of ``edgekit serve``: no interceptors, health, reflection, admin or metrics HTTP.
+# bare-model -> bare-dataplane is what the data plane's Python costs; bare-dataplane -> default is
+# the server around it.
+BARE_DATAPLANE_SCRIPT = r"""
+import sys, grpc
+from edgekit.runtime.dataplane import DataPlane
+from edgekit.runtime.grpc import edgekit_pb2 as ek
+from edgekit.runtime.grpc.pool import LifoPool
+from edgekit.runtime.grpc.servicers import EdgeClassifierServicer
+from edgekit.runtime.model import load_bundle_model
+dataplane = DataPlane(load_bundle_model(sys.argv[1], threads=int(sys.argv[2])))
+dataplane.warm_up()
+handler = grpc.method_handlers_generic_handler("edgekit.v1.EdgeClassifier", {
+    "Classify": grpc.unary_unary_rpc_method_handler(EdgeClassifierServicer(dataplane).Classify,
+                                                    request_deserializer=ek.ClassifyRequest.FromString,
+                                                    response_serializer=ek.ClassifyResponse.SerializeToString)})
+server = grpc.server(LifoPool(max_workers=16))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(f"serving bare-dataplane (grpc + edgekit's data plane) on 127.0.0.1:{port}", flush=True)
 server.wait_for_termination()
 """
 
@@ -209,12 +238,14 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
         servers["grpc-echo"] = ServerProcess([sys.executable, "-c", ECHO_SCRIPT], name="grpc-echo").start()
         servers["bare-model"] = ServerProcess([sys.executable, "-c", BARE_MODEL_SCRIPT, str(bundle), str(threads)],
                                               name="bare-model").start()
+        servers["bare-dataplane"] = ServerProcess(
+            [sys.executable, "-c", BARE_DATAPLANE_SCRIPT, str(bundle), str(threads)], name="bare-dataplane").start()
         for name, extra in modes.items():
             servers[name] = ServerProcess([*serve, *extra], name=name).start()
         times = _single_client(model, servers, texts, rounds)
         single = {name: {"p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)} for name, t in times.items()}
         floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]
-        for name in ("bare-model", *modes):
+        for name in ("bare-model", "bare-dataplane", *modes):
             single[name]["overhead_ms"] = round(single[name]["p50_ms"] - floor, 3)
         payloads = [_request_bytes(t) for t in texts]
         load = []

@@ -140,14 +140,14 @@ def test_script_prints_the_table_and_writes_the_results(bundle, small_splits, tm
 @NEEDS_EXPORT
 def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, texts):
     """benchmarks/server_overhead.py's run, shrunk: real server processes, the echo and the bare
-    model server beside them, the overhead against model + echo, and throughput per mode."""
+    model and data plane servers beside them, the overhead against model + echo, and throughput per mode."""
     from edgekit.bench.overhead import SERVER_MODES, format_overhead_markdown, run_overhead
 
     result = run_overhead(bundle, texts, clients=(1, 2), seconds=0.3, rounds=10)
     single = result["single_client"]
-    assert list(single) == ["in-process", "grpc-echo", "bare-model", *SERVER_MODES]
+    assert list(single) == ["in-process", "grpc-echo", "bare-model", "bare-dataplane", *SERVER_MODES]
     floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]
-    for name in ("bare-model", *SERVER_MODES):
+    for name in ("bare-model", "bare-dataplane", *SERVER_MODES):
         assert 0 < single[name]["p50_ms"] <= single[name]["p99_ms"]
         assert single[name]["overhead_ms"] == pytest.approx(single[name]["p50_ms"] - floor, abs=2e-3)
     assert {(row["mode"], row["clients"]) for row in result["load"]} == {
@@ -156,4 +156,4 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
         assert row["requests"] > 0 and row["errors"] == 0, row
         assert row["mean_batch"] >= 1
     table = format_overhead_markdown(result)
-    assert "| bare-model |" in table and "| default | 2 |" in table
+    assert "| bare-model |" in table and "| bare-dataplane |" in table and "| default | 2 |" in table
