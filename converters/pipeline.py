@@ -207,7 +207,12 @@ def _load_teacher(config: ConvertConfig, echo, timer: StageTimer) -> tuple[Teach
 
 
 def convert(config: ConvertConfig, echo: Callable[[str], None] = print, *, feedback=None) -> ConvertResult:
-    """``feedback``: :class:`edgekit.converters.feedback.FeedbackSettings` (``--feedback DIR``), or None."""
+    """``feedback``: :class:`edgekit.converters.feedback.FeedbackSettings` (``--feedback DIR``); None:
+    the config's ``feedback`` options, if any."""
+    if feedback is None and config.feedback is not None:
+        from edgekit.converters.feedback import FeedbackSettings
+
+        feedback = FeedbackSettings(config.feedback, config.feedback_weight, config.feedback_baseline)
     from edgekit.converters.training.student import make_student
 
     targets = _targets(config)

@@ -7,6 +7,7 @@ the command line override the file. Unknown keys and bad values are refused, nev
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from edgekit.errors import ConfigError
 
 __all__ = ["ConvertConfig"]
-_PATHS = ("model_dir", "train", "validation", "test", "out", "unlabeled", "student")
+_PATHS = ("model_dir", "train", "validation", "test", "out", "unlabeled", "student", "feedback", "feedback_baseline")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,12 @@ class ConvertConfig:
     text_field: str = "text"
     label_field: str = "label"
     progress: bool = True
+    # what a server recorded with `serve --record DIR` (converters/feedback.py): the cloud's answers
+    # join the transfer set, each text feedback_weight times; the report compares the new bundles
+    # with feedback_baseline (the bundle in service) on those texts
+    feedback: Path | None = None
+    feedback_weight: float = 1.0
+    feedback_baseline: Path | None = None
 
     def __post_init__(self) -> None:
         if self.targets is not None and not self.targets:
@@ -74,6 +81,12 @@ class ConvertConfig:
             raise ConfigError("--student-layers must be >= 1")
         if self.mixed_precision not in ("no", "bf16", "auto"):
             raise ConfigError(f"--mixed-precision must be no, bf16 or auto, got {self.mixed_precision!r}")
+        if not (isinstance(self.feedback_weight, (int, float)) and math.isfinite(self.feedback_weight)
+                and self.feedback_weight > 0):
+            raise ConfigError(f"--feedback-weight must be a positive number, got {self.feedback_weight!r}")
+        if self.feedback is None and (self.feedback_weight != 1.0 or self.feedback_baseline is not None):
+            given = "--feedback-baseline" if self.feedback_baseline is not None else "--feedback-weight"
+            raise ConfigError(f"{given} applies with --feedback DIR only")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> ConvertConfig:

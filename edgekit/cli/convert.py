@@ -75,14 +75,10 @@ def command(model_dir, config_file, variants, no_progress, text_field, label_fie
             feedback_baseline, **options) -> None:
     """Convert the fine-tuned MODEL_DIR into gated, calibrated edge bundles."""
     from edgekit.config import ConvertConfig
-    from edgekit.errors import ConfigError
-
-    if feedback is None and (feedback_weight is not None or feedback_baseline is not None):
-        raise ConfigError(f"{'--feedback-weight' if feedback_weight is not None else '--feedback-baseline'} "
-                          "applies with --feedback DIR only")
 
     overrides = {k: v for k, v in options.items() if v is not None}
-    overrides.update(model_dir=model_dir, variants=_variants(variants))
+    overrides.update(model_dir=model_dir, variants=_variants(variants), feedback=feedback,
+                     feedback_weight=feedback_weight, feedback_baseline=feedback_baseline)
     if text_field != "text":
         overrides["text_field"] = text_field
     if label_field != "label":
@@ -98,12 +94,8 @@ def command(model_dir, config_file, variants, no_progress, text_field, label_fie
     from edgekit.converters import quiet_third_party
 
     quiet_third_party()
-    from edgekit.converters.feedback import FeedbackSettings
     from edgekit.converters.pipeline import convert
 
-    recorded = None
-    if feedback is not None:
-        recorded = FeedbackSettings(feedback, 1.0 if feedback_weight is None else feedback_weight, feedback_baseline)
-    result = convert(config, echo=click.echo, feedback=recorded)
+    result = convert(config, echo=click.echo)
     click.echo(f"wrote {len(result.bundles)} bundle(s) to {result.out}: "
                + ", ".join(p.name for p in result.bundles) + "; report: " + str(result.out / "report.md"))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from edgekit.errors import ConfigError
 from tests.conftest import convert_config, needs
@@ -256,5 +257,8 @@ def test_report_compares_the_new_bundle_with_the_one_in_service(tmp_path, tiny_c
     assert new_test["cloud_rate"] == pytest.approx(rows[1]["cloud_rate"])  # the report row's figure, same texts
     md = (out / "report.md").read_text()
     assert "## Feedback: what the cloud answered in service" in md and "| baseline |" in md and "| onnx-fp32 |" in md
+    written = yaml.safe_load((out / "convert-config.yaml").read_text())  # the run can be repeated from it
+    assert (written["feedback"], written["feedback_weight"], written["feedback_baseline"]) == (
+        str(directory), 1.5, str(baseline))
     provenance = Manifest.load(out / "onnx-fp32").provenance["feedback"]
     assert provenance["texts"] == 30 and len(provenance["sha256"]) == 64
