@@ -157,3 +157,20 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
         assert row["mean_batch"] >= 1
     table = format_overhead_markdown(result)
     assert "| bare-model |" in table and "| bare-dataplane |" in table and "| default | 2 |" in table
+
+
+@NEEDS_EXPORT
+def test_the_request_path_benchmark_times_every_layer(bundle, texts):
+    """benchmarks/request_path.py's run, shrunk: every layer answered and timed, the table written."""
+    from edgekit.bench.request_path import format_request_path_markdown, run_request_path
+
+    result = run_request_path(bundle, texts, rounds=10)
+    rows = {row["subject"]: row for row in result["rows"]}
+    assert list(rows) == ["model", "bare answer", "+ calibration, top-k", "cascade, no batcher", "cascade",
+                          "data plane", "servicer", "bookkeeping"]
+    assert all(row["p50_ms"] > 0 for row in rows.values())
+    assert rows["model"]["over_model_us"] is None and rows["bookkeeping"]["over_model_us"] is None
+    servicer = rows["servicer"]
+    assert servicer["over_model_us"] == pytest.approx((servicer["p50_ms"] - rows["model"]["p50_ms"]) * 1e3, abs=0.2)
+    table = format_request_path_markdown(result)
+    assert "| servicer |" in table and "| bookkeeping |" in table

@@ -1,0 +1,137 @@
+"""Where the server's time goes after the model: each layer of the request path, on cold caches.
+
+At one client, ``edgekit serve`` answers later than model + transport by about 0.2-0.3 ms (issue 12,
+:mod:`edgekit.bench.overhead`), although a CPU profile of the server finds only tens of
+microseconds of edgekit's Python per call: after the model has run (13 MB of int8 weights and its
+activations through the caches), every Python step that follows runs on cold caches and costs
+several times what it costs in a loop. :func:`run_request_path` measures that in one process, without
+gRPC: each round, for each subject in turn (the order rotating), another instance of the same bundle
+answers a different text (what the client, the echo and the other servers do between two calls of
+the interleaved overhead benchmark), then the subject answers the round's text, timed.
+
+Subjects, each one layer more than the one before (``over_model_us`` = its p50 − the model's):
+
+* ``model``: tokenizer + engine (``LogitModel.logits``), the in-process row of the overhead benchmark;
+* ``bare answer``: + argmax and a one-field protobuf answer, serialized: what the bare model server does;
+* ``+ calibration, top-k``: + softmax(logits / T) and the top label (``cascade.edge_answers``);
+* ``cascade, no batcher``: :class:`~edgekit.runtime.cascade.Cascade` on the model (routing, Prediction);
+* ``cascade``: the same behind the micro-batcher, as served;
+* ``data plane``: :meth:`DataPlane.classify` (validation, admission), its deferred bookkeeping excluded;
+* ``servicer``: ``EdgeClassifier.Classify`` on a parsed request (options, the protobuf answer) and
+  the answer serialized, bookkeeping excluded: what runs between gRPC's parse and its send;
+* ``bookkeeping``: the deferred work alone (metrics, drift window), after the servicer's call: it runs
+  after the response, off the latency (:mod:`edgekit.runtime.deferred`), and is timed on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ConfigError
+
+__all__ = ["format_request_path_markdown", "run_request_path"]
+
+
+class _Context:
+    """The one ServicerContext method the Classify servicer reads."""
+
+    def time_remaining(self) -> float:
+        return 30.0
+
+
+def run_request_path(bundle: Path, texts: Sequence[str], *, rounds: int = 1000, threads: int = 1) -> dict[str, Any]:
+    """See the module docstring."""
+    from edgekit.device import device_record
+    from edgekit.runtime import deferred
+    from edgekit.runtime.batching import BatchedModel
+    from edgekit.runtime.cascade import Cascade, edge_answers
+    from edgekit.runtime.dataplane import DataPlane
+    from edgekit.runtime.grpc import edgekit_pb2 as ek
+    from edgekit.runtime.grpc.servicers import EdgeClassifierServicer
+    from edgekit.runtime.model import load_bundle_model
+    from edgekit.runtime.types import ClassifyOptions
+
+    if not texts:
+        raise ConfigError("give at least one text")
+    other = load_bundle_model(bundle, threads=threads)  # the rest of the machine, between two calls
+    model = load_bundle_model(bundle, threads=threads)
+    dataplane = DataPlane(load_bundle_model(bundle, threads=threads), warmup_texts=texts[:3])
+    dataplane.warm_up()
+    info = model.info
+    plain, batched = Cascade(model), Cascade(BatchedModel(model))
+    servicer, context = EdgeClassifierServicer(dataplane), _Context()
+    options = ClassifyOptions(allow_cloud=False)
+    requests = {t: ek.ClassifyRequest(texts=[t], allow_cloud=False) for t in texts}
+    bookkeeping: list[float] = []
+    recording = [False]  # past the warm-up rounds
+
+    def bare(text: str) -> None:
+        row = model.logits([text])[0]
+        j = int(row.argmax())
+        ek.ClassifyResponse(predictions=[ek.Prediction(label=info.labels[j], score=float(row[j]))]).SerializeToString()
+
+    def through_servicer(text: str) -> float:
+        deferred.start_call()
+        servicer.Classify(requests[text], context).SerializeToString()
+        answered = time.perf_counter()
+        deferred.run_deferred()
+        if recording[0]:
+            bookkeeping.append(time.perf_counter() - answered)
+        return answered
+
+    def data_plane(text: str) -> float:
+        deferred.start_call()
+        dataplane.classify([text], options)
+        answered = time.perf_counter()
+        deferred.run_deferred()
+        return answered
+
+    subjects: dict[str, Callable[[str], Any]] = {
+        "model": lambda t: model.logits([t]),
+        "bare answer": bare,
+        "+ calibration, top-k": lambda t: edge_answers(model.logits([t]), info.temperature, info.labels, 1),
+        "cascade, no batcher": lambda t: plain.classify([t], options),
+        "cascade": lambda t: batched.classify([t], options),
+        "data plane": data_plane,
+        "servicer": through_servicer,
+    }
+    times: dict[str, list[float]] = {name: [] for name in subjects}
+    names = list(subjects)
+    try:
+        for r in range(rounds + 20):  # 20 warm-up rounds, not recorded
+            text = texts[r % len(texts)]
+            recording[0] = r >= 20
+            for k in range(len(names)):
+                name = names[(r + k) % len(names)]
+                other.logits([texts[(r + k + 1) % len(texts)]])
+                start = time.perf_counter()
+                end = subjects[name](text)
+                elapsed = (end if isinstance(end, float) else time.perf_counter()) - start
+                if recording[0]:
+                    times[name].append(elapsed)
+    finally:
+        for m in (other, model):
+            m.close()
+        dataplane.close()
+    model_p50 = float(np.median(times["model"]))
+    rows = []
+    for name, values in [*times.items(), ("bookkeeping", bookkeeping)]:
+        p50 = float(np.median(values))
+        rows.append({"subject": name, "p50_ms": round(p50 * 1e3, 4),
+                     "over_model_us": None if name in ("model", "bookkeeping") else round((p50 - model_p50) * 1e6, 1)})
+    return {"device": device_record(), "bundle": str(bundle), "threads": threads, "rounds": rounds, "rows": rows}
+
+
+def format_request_path_markdown(result: dict[str, Any]) -> str:
+    lines = [f"Bundle `{result['bundle']}`, engine threads {result['threads']}, {result['rounds']} rounds, each "
+             "call after another instance of the bundle ran (cold caches):", "",
+             "| subject | p50 ms | over the model µs |", "|---|---:|---:|"]
+    for row in result["rows"]:
+        over = "–" if row["over_model_us"] is None else f"{row['over_model_us']:.1f}"
+        lines.append(f"| {row['subject']} | {row['p50_ms']:.4f} | {over} |")
+    return "\n".join(lines) + "\n"
