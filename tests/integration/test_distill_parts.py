@@ -196,3 +196,22 @@ def test_a_bigger_start_must_probe_more_than_a_point_better():
     chosen, reason = pick_start([small, big])
     assert chosen is small and "within 1 point of the best (0.9190)" in reason
     assert pick_start([big])[1] == "the only start asked for"
+
+
+def test_early_stopping_waits_for_training_not_for_the_warm_start():
+    """A probe-headed start competes for the final pick, but patience counts trained epochs against
+    the best trained epoch: the dip while the learning rate peaks does not stop training."""
+    import torch
+
+    from edgekit.converters.training.loop import _Best
+
+    model = torch.nn.Linear(2, 2)
+    best = _Best()
+    for epoch, score in enumerate((0.883, 0.857, 0.869, 0.879)):  # banking77 from 1,804 texts
+        best.offer(model, epoch, score)
+    assert (best.epoch, best.score, best.stale) == (0, 0.883, 0)  # the start leads; training still improves
+    for epoch, score in ((4, 0.891), (5, 0.889), (6, 0.887)):
+        best.offer(model, epoch, score)
+    assert (best.epoch, best.score, best.stale) == (4, 0.891, 2)
+    best.offer(model, 7, 0.85)
+    assert best.stale == 3 and best.epoch == 4
