@@ -3,14 +3,20 @@
 usage: .venv/bin/python benchmarks/flywheel.py [--data DIR] [--teacher DIR] [--traffic-share 0.5]
            [--finetune-base mpnet-base] [--finetune-epochs 2] [--targets LIST] [--bundle onnx-int8]
            [--epochs N] [--convert-args "..."] [--feedback-weight W] [--record-budget 0.10]
-           [--control/--no-control] [--request-size 1] [--seed 0] [--out DIR]
+           [--control/--no-control] [--new-intents N] [--new-intent-texts 3] [--request-size 1] [--seed 0]
+           [--out DIR]
 
 1. **Data** (``--data``, default ../shared/data/banking77; written to ``OUT/data``): the training
    split is cut per intent (seeded) into the part the first conversion sees (``train.jsonl``) and
    ``--traffic-share`` of it replayed as production traffic (``traffic.jsonl``); the test split is
    cut per intent into two halves, one convert's ``--test`` (the gate and the report:
    ``test.jsonl``), the other the fresh traffic the bundles answer (``fresh.jsonl``), which no
-   conversion nor any choice ever saw. Validation is used as it is (epoch, threshold).
+   conversion nor any choice ever saw. Validation is used as it is (epoch, threshold). With
+   ``--new-intents N`` N intents (seeded) keep only ``--new-intent-texts`` (3) of their texts in the
+   conversions' training file, while the cloud model is fine-tuned on the whole first part
+   (``teacher_train.jsonl``) and the traffic and the test halves carry them as they came: intents
+   that grew common after the edge was converted (a product launch), which the cloud model knows and
+   the edge barely does, the situation the flywheel is for.
 2. **Cloud model**: ``--teacher DIR``, or by default all-mpnet-base-v2 fine-tuned with ``edgekit
    finetune`` on the first part only (as banking77.sh does, 2 epochs over half the texts = its 1
    epoch's steps; cached in ``$EDGEKIT_CACHE/bench/flywheel-...``): a cloud model fine-tuned on the
@@ -173,14 +179,15 @@ def _run(argv: list[str], error: type[EdgekitError], what: str) -> float:
 
 
 def finetuned_teacher(data: Path, name: str, base: str, epochs: int, first: Sequence[dict]) -> Path:
-    """The cloud model fine-tuned on the first part only (cached by base, epochs and those texts)."""
+    """The cloud model fine-tuned on the first part only, every intent as it came (``teacher_train.jsonl``;
+    cached by base, epochs and those texts)."""
     from edgekit.cache import cache_dir
 
     out = cache_dir() / "bench" / f"flywheel-{name}-{base}-e{epochs}-{fingerprint(first)[:12]}"
     if (out / "config.json").is_file():
         click.echo(f"cloud model: cached {out}")
         return out
-    _run(_edgekit("finetune", "--base", base, "--train", str(data / "train.jsonl"), "--validation",
+    _run(_edgekit("finetune", "--base", base, "--train", str(data / "teacher_train.jsonl"), "--validation",
                   str(data / "validation.jsonl"), "--epochs", str(epochs), "--lr", "5e-5", "--max-length", "64",
                   "--out", str(out)), ModelError, "edgekit finetune")
     return out
@@ -487,6 +494,9 @@ def format_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"## Flywheel: {s['dataset']}, {s['bundle']} bundle, {s['first_texts']} training texts converted, "
         f"{p['texts']} production texts replayed", "",
+        *([f"New intents: {len(s['new_intents'])} intents ({', '.join(s['new_intents'])}) kept only "
+           f"{s['new_intent_texts']} training texts each in the conversions; the cloud model was fine-tuned on "
+           "all of the first part, and the traffic carries them as they came.", ""] if s.get("new_intents") else []),
         f"Production traffic through the edge + cloud {at}: {p['cloud_rate']:.1%} sent to the cloud, "
         f"{p['recorded']} recorded, cascade accuracy {p['cascade_accuracy']:.4f}. The cloud model "
         f"({s['teacher_name']}, fine-tuned on {s['teacher_trained_on']}) alone on the fresh traffic: "
@@ -515,18 +525,37 @@ def _default_data() -> Path:
     return Path(os.environ.get("EDGEKIT_DATA") or REPO.parent / "shared" / "data") / "banking77"
 
 
-def prepare_data(source: Path, out: Path, share: float, seed: int) -> dict[str, list[dict]]:
+def new_intents(rows: Sequence[dict], count: int, keep: int, seed: int) -> tuple[list[dict], list[str]]:
+    """``rows`` with only the first ``keep`` texts of ``count`` seeded intents, and those intents (sorted)."""
+    labels = sorted({r["label"] for r in rows})
+    if count >= len(labels):
+        raise ConfigError(f"--new-intents {count}: the data has {len(labels)} intents; leave at least one as it is")
+    chosen = sorted(random.Random(f"{seed}:new-intents").sample(labels, count)) if count else []
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for r in rows:
+        if r["label"] in chosen:
+            seen[r["label"]] += 1
+            if seen[r["label"]] > keep:
+                continue
+        kept.append(r)
+    return kept, chosen
+
+
+def prepare_data(source: Path, out: Path, share: float, seed: int, new: int = 0, new_keep: int = 3
+                 ) -> dict[str, Any]:
     rows = {}
     for split in SPLITS:
         if not (source / f"{split}.jsonl").is_file():
             raise DataError(f"{source / f'{split}.jsonl'} not found", hint="--data DIR (or set EDGEKIT_DATA)")
         rows[split] = read_rows(source / f"{split}.jsonl")
     first, traffic = split_per_label(rows["train"], share, seed)
+    edge_first, chosen = new_intents(first, new, new_keep, seed)
     gate, fresh = split_per_label(rows["test"], 0.5, seed + 1)
     out.mkdir(parents=True, exist_ok=True)
-    parts = {"train": first, "validation": rows["validation"], "test": gate, "traffic": traffic, "fresh": fresh,
-             "whole_train": rows["train"]}
-    for name in ("train", "validation", "test", "traffic", "fresh"):
+    parts = {"train": edge_first, "teacher_train": first, "validation": rows["validation"], "test": gate,
+             "traffic": traffic, "fresh": fresh, "whole_train": rows["train"], "new_intents": chosen}
+    for name in ("train", "teacher_train", "validation", "test", "traffic", "fresh"):
         write_rows(out / f"{name}.jsonl", parts[name])
     return parts
 
@@ -566,23 +595,32 @@ def bundle_in(directory: Path, name: str) -> Path:
                    "edge's scores on the validation split); 0: the bundle's fitted threshold.")
 @click.option("--control/--no-control", default=True, show_default=True,
               help="Convert once more without --feedback and with convert's --seed + 1, as a control.")
+@click.option("--new-intents", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Intents (seeded) the edge's conversions see only --new-intent-texts of (the cloud model "
+                   "and the traffic have them as they came): intents that grew common after the edge was converted.")
+@click.option("--new-intent-texts", type=click.IntRange(min=1), default=3, show_default=True,
+              help="[new-intents] Training texts each of them keeps for the conversions.")
 @click.option("--request-size", type=click.IntRange(min=1), default=1, show_default=True, help="Texts per request.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The data split and the bootstrap.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep data, bundles, records, logs, flywheel.json and flywheel.md here.")
 def main(data, teacher, traffic_share, finetune_base, finetune_epochs, targets, bundle_name, epochs, convert_args,
-         feedback_weight, record_budget, control, request_size, seed, out) -> None:
+         feedback_weight, record_budget, control, new_intents, new_intent_texts, request_size, seed, out) -> None:
     """Replay production traffic through edge + cloud with --record, convert again with --feedback (and
     once more without, as a control), and compare the bundles on fresh traffic (see the module docstring)."""
     source = data or _default_data()
     with tempfile.TemporaryDirectory(prefix="edgekit-flywheel-") as tmp:
         work = (out or Path(tmp)).resolve()
-        parts = prepare_data(source, work / "data", traffic_share, seed)
+        parts = prepare_data(source, work / "data", traffic_share, seed, new_intents, new_intent_texts)
         click.echo(f"data: {len(parts['train'])} training texts to convert, {len(parts['traffic'])} production "
                    f"texts, test halves {len(parts['test'])} (gate) / {len(parts['fresh'])} (fresh traffic)")
+        if parts["new_intents"]:
+            click.echo(f"new intents: {len(parts['new_intents'])} with {new_intent_texts} training texts each in the "
+                       f"conversions ({', '.join(parts['new_intents'])}); the cloud model's first part has them all")
         if teacher is None:
-            teacher = finetuned_teacher(work / "data", source.name, finetune_base, finetune_epochs, parts["train"])
-        trained_on = teacher_saw(teacher, parts["train"], parts["whole_train"])
+            teacher = finetuned_teacher(work / "data", source.name, finetune_base, finetune_epochs,
+                                        parts["teacher_train"])
+        trained_on = teacher_saw(teacher, parts["teacher_train"], parts["whole_train"])
         click.echo(f"cloud model {teacher}: fine-tuned on {trained_on}")
         options = [*(("--targets", targets) if targets else ()), *(("--epochs", str(epochs)) if epochs else ()),
                    *shlex.split(convert_args)]
@@ -608,7 +646,8 @@ def main(data, teacher, traffic_share, finetune_base, finetune_epochs, targets, 
                          "first_texts": len(parts["train"]), "teacher": str(teacher), "teacher_name": teacher.name,
                          "teacher_trained_on": trained_on, "convert_options": options,
                          "feedback_weight": feedback_weight, "record_budget": record_budget, "control": control,
-                         "control_seed": control_seed, "request_size": request_size, "seed": seed},
+                         "control_seed": control_seed, "request_size": request_size, "seed": seed,
+                         "new_intents": parts["new_intents"], "new_intent_texts": new_intent_texts},
             "production": first["production"], "cloud_accuracy_fresh": first["cloud_accuracy_fresh"],
             "before": first["before"], "control": evaluated.get("control"), "after": evaluated["after"],
             "recorded": first["recorded"], "seconds": seconds,

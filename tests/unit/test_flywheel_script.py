@@ -4,6 +4,7 @@ the control's options, the summary with and without a control, the verdict and t
 from __future__ import annotations
 
 import importlib.util
+import json
 import inspect
 import sys
 from pathlib import Path
@@ -309,3 +310,25 @@ def test_command_refuses_a_budget_of_one_before_any_work(fly, tmp_path):
     assert result.exit_code == 2 and "--record-budget" in result.output
     help_text = CliRunner().invoke(fly.main, ["--help"]).output
     assert "--control / --no-control" in help_text and "--record-budget" in help_text
+
+
+def test_new_intents_keep_a_few_texts_for_the_edge_and_all_for_the_cloud(fly, tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    train = [{"text": f"{label} text {i}", "label": label} for label in "abcdef" for i in range(10)]
+    for split, rows in (("train", train), ("validation", train[::5]), ("test", train[::2])):
+        (source / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parts = fly.prepare_data(source, tmp_path / "out", 0.5, 0, new=2, new_keep=3)
+    chosen = parts["new_intents"]
+    assert len(chosen) == 2 and chosen == sorted(chosen) and set(chosen) <= set("abcdef")
+    count = lambda rows, label: sum(r["label"] == label for r in rows)  # noqa: E731
+    for label in "abcdef":
+        assert count(parts["teacher_train"], label) == 5  # the cloud model's first part: every intent whole
+        assert count(parts["train"], label) == (3 if label in chosen else 5)
+        assert count(parts["traffic"], label) == 5  # production traffic as it came
+    assert parts["train"] == [r for r in parts["teacher_train"] if r in parts["train"]]  # order kept
+    assert fly.read_rows(tmp_path / "out" / "teacher_train.jsonl") == parts["teacher_train"]
+    assert fly.prepare_data(source, tmp_path / "again", 0.5, 0, new=2)["new_intents"] == chosen  # seeded
+    assert fly.prepare_data(source, tmp_path / "none", 0.5, 0)["train"] == parts["teacher_train"]
+    with pytest.raises(ConfigError, match="--new-intents 6: the data has 6 intents"):
+        fly.prepare_data(source, tmp_path / "all", 0.5, 0, new=6)
