@@ -134,7 +134,8 @@ class MicroBatcher(Generic[R]):
             finally:
                 with self._cond:
                     self._busy = False
-                    self._cond.notify_all()  # whoever queued meanwhile leads the next batch
+                    if self._queue or self._closed:  # nobody else waits on the model otherwise
+                        self._cond.notify_all()  # whoever queued meanwhile leads the next batch
         if pending.error is not None:
             raise pending.error
         return pending.rows

@@ -26,6 +26,7 @@ process-global one, so tests (or a process serving two models) can build several
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -96,6 +97,9 @@ class MonitorSettings:
     record: RecorderSettings | None = None  # --record DIR: what the cloud answered, for convert --feedback
 
 
+# Requests repeat a handful of option sets (most send none): a cached one costs less than a checked
+# frozen dataclass built per request (issue 12). Refusals raise, so they are not cached.
+@functools.lru_cache(maxsize=256)
 def make_options(top_k: int = 1, allow_cloud: bool = True, threshold: float | None = None) -> ClassifyOptions:
     """ClassifyOptions from a request's fields; a bad value is the client's fault (InvalidInput)."""
     try:
@@ -218,7 +222,8 @@ class DataPlane:
         monitor: MonitorSettings = MonitorSettings(),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._settled = threading.Condition()
+        self._admission = threading.Lock()  # guards _queued, _unsettled, _current and every generation's inflight
+        self._settled = threading.Condition(self._admission)  # an answered request is released and unsettled at once
         self._unsettled = 0  # answered requests whose bookkeeping has not run yet
         self.registry.register(_Settle(self))  # first: a scrape waits for it, then reads the rest
         self.limits = limits
@@ -235,13 +240,12 @@ class DataPlane:
         self._current = self._generation(model, None)
         self._metrics.watch(self._current.cascade.breaker)
         self._ready = threading.Event()
-        self._admission = threading.Lock()  # guards _queued, _current and every generation's inflight
         self._swap = threading.Lock()  # one model swap at a time
         self._queued = 0  # texts admitted and not yet answered
         self._metrics.watch_queue(lambda: self._queued)
 
     def _generation(self, model: LogitModel, previous: Cascade | None) -> _Generation:
-        batched = BatchedModel(model, self._batching, on_batch=self._metrics.batch_size.observe)
+        batched = BatchedModel(model, self._batching, on_batch=self._observe_batch)
         if previous is None:
             cascade = Cascade(batched, self._cloud, self._cascade_settings, on_cloud=self._metrics.cloud_outcome,
                               recorder=self._recorder)
@@ -352,18 +356,21 @@ class DataPlane:
         try:
             self.validate(texts)
             generation = self._admit(len(texts))
+            answered = False
             try:
                 predictions = generation.cascade.classify(texts, options, time_remaining_s=time_remaining_s)
+                answered = True
             finally:
-                self._release(len(texts), generation)
+                self._release(len(texts), generation, answered)
         except Exception as exc:
             self._metrics.request_failed(exc)
             raise
-        with self._settled:
-            self._unsettled += 1
         # after the response (runtime.deferred): off the latency of the call that is answered now
         defer(self._count, texts, predictions, self._drift if self._drift_on else None)
         return predictions
+
+    def _observe_batch(self, size: int) -> None:
+        defer(self._metrics.batch_size.observe, size)  # the batch's leader observes it after its response
 
     def _count(self, texts: Sequence[str], predictions: list[Prediction], drift: MonitorMetrics | None) -> None:
         """A request's metrics and its texts in the drift window (deferred by :meth:`classify`)."""
@@ -418,8 +425,9 @@ class DataPlane:
             self._metrics.queue_changed(self._queued)
         return generation
 
-    def _release(self, n: int, generation: _Generation) -> None:
+    def _release(self, n: int, generation: _Generation, answered: bool = False) -> None:
         with self._admission:
+            self._unsettled += answered  # its bookkeeping (_count) is deferred: settle() waits for it
             self._queued -= n
             generation.inflight -= 1
             last = generation.retired and generation.inflight == 0

@@ -9,7 +9,8 @@ gRPC: each round, for each subject in turn (the order rotating), another instanc
 answers a different text (what the client, the echo and the other servers do between two calls of
 the interleaved overhead benchmark), then the subject answers the round's text, timed.
 
-Subjects, each one layer more than the one before (``over_model_us`` = its p50 − the model's):
+Subjects, each one layer more than the one before (``over_model_us``: the median over rounds of its
+time − the model's in the same round, which cancels what varies from round to round):
 
 * ``model``: tokenizer + engine (``LogitModel.logits``), the in-process row of the overhead benchmark;
 * ``bare answer``: + argmax and a one-field protobuf answer, serialized: what the bare model server does;
@@ -60,7 +61,7 @@ def run_request_path(bundle: Path, texts: Sequence[str], *, rounds: int = 1000, 
         raise ConfigError("give at least one text")
     other = load_bundle_model(bundle, threads=threads)  # the rest of the machine, between two calls
     model = load_bundle_model(bundle, threads=threads)
-    dataplane = DataPlane(load_bundle_model(bundle, threads=threads), warmup_texts=texts[:3])
+    dataplane = DataPlane(model, warmup_texts=texts[:3])  # the same engine instance: two run at different speeds
     dataplane.warm_up()
     info = model.info
     plain, batched = Cascade(model), Cascade(BatchedModel(model))
@@ -115,22 +116,22 @@ def run_request_path(bundle: Path, texts: Sequence[str], *, rounds: int = 1000, 
                 if recording[0]:
                     times[name].append(elapsed)
     finally:
-        for m in (other, model):
-            m.close()
-        dataplane.close()
-    model_p50 = float(np.median(times["model"]))
+        other.close()
+        dataplane.close()  # and the model it was given
+    model_times = np.asarray(times["model"])
     rows = []
     for name, values in [*times.items(), ("bookkeeping", bookkeeping)]:
-        p50 = float(np.median(values))
-        rows.append({"subject": name, "p50_ms": round(p50 * 1e3, 4),
-                     "over_model_us": None if name in ("model", "bookkeeping") else round((p50 - model_p50) * 1e6, 1)})
+        row = {"subject": name, "p50_ms": round(float(np.median(values)) * 1e3, 4), "over_model_us": None}
+        if name not in ("model", "bookkeeping"):  # paired: the same round's text and machine state
+            row["over_model_us"] = round(float(np.median(np.asarray(values) - model_times)) * 1e6, 1)
+        rows.append(row)
     return {"device": device_record(), "bundle": str(bundle), "threads": threads, "rounds": rounds, "rows": rows}
 
 
 def format_request_path_markdown(result: dict[str, Any]) -> str:
     lines = [f"Bundle `{result['bundle']}`, engine threads {result['threads']}, {result['rounds']} rounds, each "
              "call after another instance of the bundle ran (cold caches):", "",
-             "| subject | p50 ms | over the model µs |", "|---|---:|---:|"]
+             "| subject | p50 ms | over the model µs (paired median) |", "|---|---:|---:|"]
     for row in result["rows"]:
         over = "–" if row["over_model_us"] is None else f"{row['over_model_us']:.1f}"
         lines.append(f"| {row['subject']} | {row['p50_ms']:.4f} | {over} |")

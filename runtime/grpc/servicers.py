@@ -90,7 +90,10 @@ class EdgeClassifierServicer(ek_grpc.EdgeClassifierServicer):
         predictions = self._dataplane.classify(
             list(request.texts), options, time_remaining_s=context.time_remaining()
         )
-        return ek.ClassifyResponse(predictions=[_prediction_pb(p) for p in predictions], request_id=request.request_id)
+        response = ek.ClassifyResponse(request_id=request.request_id)
+        for p in predictions:
+            _add_prediction(response.predictions, p)
+        return response
 
 
 class AdminServicer(ek_grpc.EdgeAdminServicer):
@@ -107,17 +110,21 @@ class AdminServicer(ek_grpc.EdgeAdminServicer):
         return model_info_to_pb(self._reload())
 
 
-def _prediction_pb(p: Prediction) -> ek.Prediction:
-    return ek.Prediction(
+def _add_prediction(into: Any, p: Prediction) -> None:
+    """Append ``p`` to a repeated Prediction field, built in place: a message passed to a repeated
+    field (``ClassifyResponse(predictions=[...])``) is copied, and on the request path the copies
+    cost more than the fields (issue 12)."""
+    pb = into.add(
         label=p.label,
         score=p.score,
-        top_k=[ek.LabelScore(label=label, score=score) for label, score in p.top_k],
         route=_ROUTE_TO_PB[p.route],
         edge_score=p.edge_score,
         latency_ms=p.latency_ms,
         model_name=p.model_name,
         model_version=p.model_version,
     )
+    for label, score in p.top_k:
+        pb.top_k.add(label=label, score=score)
 
 
 _INPUT = "text"
