@@ -8,7 +8,6 @@ idle machine; benchmarks/server_overhead.py measures the same path through real 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -25,6 +24,7 @@ from edgekit.cli import run_command
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write results.json and results.md here.")
 def main(bundle, test_file, rounds, threads, out) -> None:
     from edgekit.bench.request_path import format_request_path_markdown, run_request_path
+    from edgekit.bench.rows import write_figures
     from edgekit.data import load_dataset
 
     texts = list(load_dataset(test_file, label_field=None).texts)[::10][:100]  # 100 texts across the file
@@ -32,9 +32,7 @@ def main(bundle, test_file, rounds, threads, out) -> None:
     markdown = format_request_path_markdown(result)
     click.echo(markdown)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        (out / "results.md").write_text(markdown, encoding="utf-8")
+        write_figures(out, "results", result, markdown)
 
 
 if __name__ == "__main__":

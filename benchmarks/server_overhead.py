@@ -9,7 +9,6 @@ edgekit/bench/overhead.py for what each figure means). Run it on an idle machine
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -31,6 +30,7 @@ from edgekit.cli import run_command
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write results.json and results.md here.")
 def main(bundle, test_file, clients, seconds, rounds, threads, workers, out) -> None:
     from edgekit.bench.overhead import format_overhead_markdown, run_overhead
+    from edgekit.bench.rows import write_figures
     from edgekit.data import load_dataset
     from edgekit.errors import ConfigError
 
@@ -44,9 +44,7 @@ def main(bundle, test_file, clients, seconds, rounds, threads, workers, out) -> 
     markdown = format_overhead_markdown(result)
     click.echo(markdown)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        (out / "results.md").write_text(markdown, encoding="utf-8")
+        write_figures(out, "results", result, markdown)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ the cloud, so some queries take the fallback path); the clients run in this proc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -28,6 +27,7 @@ from edgekit.cli import run_command
               help="Width of each row of the timeline.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write soak.json, soak.md, soak.png here.")
 def main(bundle, test_file, minutes, clients, window_s, out) -> None:
+    from edgekit.bench.rows import write_figures
     from edgekit.bench.soak import edge_with_cloud, format_soak_markdown, plot_soak, run_soak
     from edgekit.data import load_dataset
 
@@ -38,9 +38,7 @@ def main(bundle, test_file, minutes, clients, window_s, out) -> None:
     markdown = format_soak_markdown(result)
     click.echo(markdown)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        (out / "soak.md").write_text(markdown, encoding="utf-8")
+        write_figures(out, "soak", result, markdown)
         plot_soak(result, out / "soak.png")
 
 

@@ -1,5 +1,6 @@
 """Labelled rows for the scenario scripts (benchmarks/drift.py, benchmarks/flywheel.py): read a split,
-write a filtered copy, and the fingerprint convert and finetune record for it."""
+write a filtered copy, and the fingerprint convert and finetune record for it; and a benchmark script's
+figures written to ``--out``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["fingerprint", "read_rows", "write_rows"]
+__all__ = ["fingerprint", "read_rows", "write_figures", "write_rows"]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -28,3 +29,12 @@ def fingerprint(rows: Sequence[dict]) -> str:
     from edgekit.data import Dataset
 
     return Dataset(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), "").fingerprint()
+
+
+def write_figures(out: Path, stem: str, result: dict, markdown: str) -> None:
+    """``OUT/STEM.json`` and ``OUT/STEM.md`` of a benchmark script's ``--out``, each written whole."""
+    from edgekit.manifest import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / f"{stem}.md", markdown)
