@@ -188,7 +188,9 @@ def _drive_through(server: Any, triton: ServerProcess, cloud: TritonCloud, load:
         triton_before, edge_before = triton_stats(triton.metrics_url, cloud.model_name), edge_calls()
         row = load.drive([lambda text, c=c, s=s: call(text, c, s) for c, s in zip(clients, seen)],
                          load.texts, load.seconds, warm=[c.health for c in clients])
-        triton_after, edge_after = triton_stats(triton.metrics_url, cloud.model_name), edge_calls()
+        answered = sum(route == "CLOUD" for s in seen for route, _ in s)
+        triton_after = _triton_settled(triton.metrics_url, cloud.model_name, triton_before["requests"] + answered)
+        edge_after = edge_calls()
     finally:
         for c in clients:
             c.close()
@@ -202,6 +204,17 @@ def _drive_through(server: Any, triton: ServerProcess, cloud: TritonCloud, load:
     row.update(_cloud_latency([ms for route, ms in pairs if route == "CLOUD"]))
     row["triton"] = _triton_delta(triton_before, triton_after)
     return row
+
+
+def _triton_settled(metrics_url: str, model_name: str, requests: float, wait_s: float = 2.0) -> dict[str, float]:
+    """Triton's counters once they count ``requests`` requests (or after ``wait_s``): Triton counts a
+    request after it has sent the answer, so a read right after the last answer can miss it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        stats = triton_stats(metrics_url, model_name)
+        if stats["requests"] >= requests or time.monotonic() >= deadline:
+            return stats
+        time.sleep(0.02)
 
 
 def _cloud_latency(latencies_ms: Sequence[float]) -> dict[str, float | None]:
