@@ -14,6 +14,11 @@ time − the model's in the same round, which cancels what varies from round to 
 
 * ``model``: tokenizer + engine (``LogitModel.logits``), the in-process row of the overhead benchmark;
 * ``bare answer``: + argmax and a one-field protobuf answer, serialized: what the bare model server does;
+* ``fused minimum``: the least edgekit's Classify must do for one confident text, written as one
+  function with no layers: validation, admission, softmax(logits / T) for the top label, the full
+  protobuf answer (route, scores, latency, model, top-k), serialized. Not the served path (no
+  batcher, cascade routing, options or bookkeeping): the floor any restructuring of the Python
+  request path could reach, to set against ``servicer``;
 * ``+ calibration, top-k``: + softmax(logits / T) and the top label (``cascade.edge_answers``);
 * ``cascade, no batcher``: :class:`~edgekit.runtime.cascade.Cascade` on the model (routing, Prediction);
 * ``cascade``: the same behind the micro-batcher, as served;
@@ -26,6 +31,7 @@ time − the model's in the same round, which cancels what varies from round to 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,6 +82,29 @@ def run_request_path(bundle: Path, texts: Sequence[str], *, rounds: int = 1000, 
         j = int(row.argmax())
         ek.ClassifyResponse(predictions=[ek.Prediction(label=info.labels[j], score=float(row[j]))]).SerializeToString()
 
+    inv_t, edge = 1.0 / info.temperature, ek.ROUTE_EDGE
+
+    def fused_minimum(text: str) -> bytes:
+        request = requests[text]
+        texts_ = list(request.texts)
+        dataplane.validate(texts_)
+        generation = dataplane._admit(1)
+        try:
+            start = time.perf_counter()
+            row = model.logits(texts_)[0].tolist()
+            top = max(row)
+            j = row.index(top)
+            score = 1.0 / math.fsum([math.exp((x - top) * inv_t) for x in row])
+            latency_ms = (time.perf_counter() - start) * 1e3
+        finally:
+            dataplane._release(1, generation)
+        response = ek.ClassifyResponse(request_id=request.request_id)
+        label = info.labels[j]
+        pb = response.predictions.add(label=label, score=score, route=edge, edge_score=score, latency_ms=latency_ms,
+                                      model_name=info.name, model_version=info.version)
+        pb.top_k.add(label=label, score=score)
+        return response.SerializeToString()
+
     def through_servicer(text: str) -> float:
         deferred.start_call()
         servicer.Classify(requests[text], context).SerializeToString()
@@ -95,12 +124,20 @@ def run_request_path(bundle: Path, texts: Sequence[str], *, rounds: int = 1000, 
     subjects: dict[str, Callable[[str], Any]] = {
         "model": lambda t: model.logits([t]),
         "bare answer": bare,
+        "fused minimum": fused_minimum,
         "+ calibration, top-k": lambda t: edge_answers(model.logits([t]), info.temperature, info.labels, 1),
         "cascade, no batcher": lambda t: plain.classify([t], options),
         "cascade": lambda t: batched.classify([t], options),
         "data plane": data_plane,
         "servicer": through_servicer,
     }
+    for text in texts[:3]:  # the floor must do the same work: the same answer as the servicer's
+        deferred.start_call()
+        served = servicer.Classify(requests[text], context).predictions[0]
+        deferred.run_deferred()
+        fused = ek.ClassifyResponse.FromString(fused_minimum(text)).predictions[0]
+        if (fused.label, fused.route) != (served.label, served.route) or abs(fused.score - served.score) > 1e-6:
+            raise AssertionError(f"the fused minimum answered {fused} where the servicer answered {served}")
     times: dict[str, list[float]] = {name: [] for name in subjects}
     names = list(subjects)
     try:

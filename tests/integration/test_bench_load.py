@@ -166,7 +166,7 @@ def test_the_request_path_benchmark_times_every_layer(bundle, texts):
 
     result = run_request_path(bundle, texts, rounds=10)
     rows = {row["subject"]: row for row in result["rows"]}
-    assert list(rows) == ["model", "bare answer", "+ calibration, top-k", "cascade, no batcher", "cascade",
+    assert list(rows) == ["model", "bare answer", "fused minimum", "+ calibration, top-k", "cascade, no batcher", "cascade",
                           "data plane", "servicer", "bookkeeping"]
     assert all(row["p50_ms"] > 0 for row in rows.values())
     assert rows["model"]["over_model_us"] is None and rows["bookkeeping"]["over_model_us"] is None
