@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgekit.runtime.types import ModelInfo, Route
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgekit.errors import EdgekitError
 from edgekit.monitoring import SIGNALS
-from edgekit.runtime.types import ModelInfo, Route
 
 __all__ = [
     "CloudView",
@@ -93,10 +94,11 @@ class Scrape:
         return self.samples.get(name)
 
 
-def read_metrics(url: str, *, timeout_s: float, taken_at: float = 0.0) -> Scrape:
+def read_metrics(url: str, *, timeout_s: float, taken_at: float = 0.0, tls: ssl.SSLContext | None = None) -> Scrape:
     """GET ``url`` (no proxy: a direct look at the server, as Prometheus scrapes) and parse it;
-    EdgekitError naming the URL when it cannot be read."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    EdgekitError naming the URL when it cannot be read. ``tls``: how to check an https:// server
+    (and the client certificate it may ask for); default, the system's CAs."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls))
     try:
         with opener.open(url, timeout=timeout_s) as response:
             text = response.read().decode("utf-8", errors="replace")

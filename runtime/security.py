@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import ssl
 import stat
 import threading
 from collections.abc import Callable
@@ -31,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from edgekit.runtime.grpc import refusing_handler
 
 from edgekit.errors import ConfigError
-from edgekit.runtime.grpc import refusing_handler
 
 __all__ = [
     "AuthInterceptor",
@@ -41,6 +42,8 @@ __all__ = [
     "TokenFile",
     "bearer_metadata",
     "channel_credentials",
+    "hostport",
+    "https_context",
     "is_loopback",
     "read_token",
 ]
@@ -143,6 +146,11 @@ def is_loopback(host: str) -> bool:
         return False  # a name: it may resolve to anything
 
 
+def hostport(host: str, port: int) -> str:
+    """``host:port`` as an address or a URL writes it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _read_pem(path: Path, what: str) -> bytes:
     try:
         data = Path(path).read_bytes()
@@ -186,6 +194,25 @@ class Security:
                 "or --insecure if the network is trusted"
             )
 
+    def metrics_tls(self) -> dict[str, Any]:
+        """prometheus_client ``start_http_server``'s TLS arguments for ``/metrics``: the gRPC port's
+        certificate and key, and with ``tls_client_ca`` the same client check (mutual TLS); empty
+        without TLS. A server that encrypts its gRPC port must not publish its traffic figures
+        (labels, routes, drift) in plaintext next to it."""
+        if not self.tls:
+            return {}
+        for path, what in ((self.tls_cert, "TLS certificate"), (self.tls_key, "TLS key")):
+            _read_pem(path, what)  # a one-line reason before the ssl module's
+        arguments: dict[str, Any] = {"certfile": str(self.tls_cert), "keyfile": str(self.tls_key)}
+        if self.tls_client_ca is not None:
+            _read_pem(self.tls_client_ca, "client CA")
+            arguments.update(client_cafile=str(self.tls_client_ca), client_auth_required=True)
+        return arguments
+
+    @property
+    def metrics_scheme(self) -> str:
+        return "https" if self.tls else "http"
+
     def tokens(self) -> TokenFile | None:
         return None if self.token_file is None else TokenFile(self.token_file)
 
@@ -198,6 +225,20 @@ class Security:
         client_ca = None if self.tls_client_ca is None else _read_pem(self.tls_client_ca, "client CA")
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
                                            require_client_auth=client_ca is not None)
+
+
+def https_context(ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """Client-side TLS for an https:// endpoint (``/metrics`` of a TLS server): as
+    :func:`channel_credentials`, with the ssl module."""
+    if (cert is None) != (key is None):
+        raise ConfigError("a client certificate needs its key too (and the other way round)")
+    try:
+        context = ssl.create_default_context(cafile=None if ca is None else str(ca))
+        if cert is not None:
+            context.load_cert_chain(str(cert), str(key))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"cannot use the TLS files ({ca or 'system CAs'}, {cert}, {key}): {exc}") from exc
+    return context
 
 
 def channel_credentials(ca: Path | None = None, cert: Path | None = None, key: Path | None = None

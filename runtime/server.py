@@ -38,7 +38,7 @@ from edgekit.runtime.grpc.servicers import (
     ErrorInterceptor,
     InferenceServicer,
 )
-from edgekit.runtime.security import AuthInterceptor, Security
+from edgekit.runtime.security import AuthInterceptor, Security, hostport
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -54,10 +54,6 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "EdgeServer", "ServerSettings", "build_s
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # 64 texts of 2,000 characters need well under 1 MiB
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -100,6 +96,7 @@ class EdgeServer:
         self._reloader = reloader
         self.host = settings.host
         self._metrics_port = settings.metrics_port
+        self._security = security
         self._metrics_httpd: WSGIServer | None = None
         self._stop_lock = threading.Lock()
         self._stopping = False
@@ -110,7 +107,7 @@ class EdgeServer:
         self._server = self._grpc_server(settings)
         self._add_services()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self._listen(_hostport(settings.host, settings.port), credentials)
+        self.port = self._listen(hostport(settings.host, settings.port), credentials)
 
     def _grpc_server(self, settings: ServerSettings) -> grpc.Server:
         # the thread that went idle last takes the next call (runtime.grpc.pool says why)
@@ -162,12 +159,18 @@ class EdgeServer:
     @property
     def address(self) -> str:
         """host:port the server listens on (the real port, also when 0 was asked for)."""
-        return _hostport(self.host, self.port)
+        return hostport(self.host, self.port)
 
     @property
     def metrics_port(self) -> int | None:
         """The Prometheus /metrics port, or None without metrics_port."""
         return None if self._metrics_httpd is None else self._metrics_httpd.server_port
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where Prometheus scrapes this server (https:// when the gRPC port has TLS), or None."""
+        port = self.metrics_port
+        return None if port is None else f"{self._security.metrics_scheme}://{hostport(self.host, port)}/metrics"
 
     def start(self) -> EdgeServer:
         """Listen, expose metrics, warm the model up, then report SERVING (or stop and raise)."""
@@ -189,9 +192,10 @@ class EdgeServer:
 
     def _serve_metrics(self, port: int) -> WSGIServer:
         try:
-            httpd, _ = start_http_server(port, addr=self.host, registry=self.dataplane.registry)
+            httpd, _ = start_http_server(port, addr=self.host, registry=self.dataplane.registry,
+                                         **self._security.metrics_tls())
         except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {_hostport(self.host, port)}: {exc}") from exc
+            raise ConfigError(f"cannot serve metrics on {hostport(self.host, port)}: {exc}") from exc
         return httpd
 
     def wait(self, timeout_s: float | None = None) -> bool:

@@ -28,6 +28,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from edgekit.runtime.security import Security, hostport
+
 from edgekit.errors import ConfigError
 
 __all__ = ["REUSE_PORT_ENV", "free_port", "serve_workers", "threads_per_worker"]
@@ -80,8 +82,11 @@ def _drain(proc: subprocess.Popen) -> None:
 
 
 def serve_workers(worker_argv: Callable[[int], list[str]], workers: int, *, host: str, port: int,
-                  metrics_port: int | None, grace_s: float, echo: Callable[[str], None] = print) -> int:
-    """Run ``workers`` processes of ``worker_argv(port)`` on one port until a signal; returns the exit code."""
+                  metrics_port: int | None, grace_s: float, echo: Callable[[str], None] = print,
+                  security: Security | None = None) -> int:
+    """Run ``workers`` processes of ``worker_argv(port)`` on one port until a signal; returns the exit code.
+    ``security``: the workers' TLS, which the summed ``/metrics`` serves with too."""
+    security = security or Security()
     port = port or free_port(host)
     mp_dir = tempfile.mkdtemp(prefix="edgekit-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": mp_dir, REUSE_PORT_ENV: "1"}
@@ -92,11 +97,12 @@ def serve_workers(worker_argv: Callable[[int], list[str]], workers: int, *, host
             proc, line = _start(worker_argv(port), env)
             procs.append(proc)
             log.info("event=worker_serving pid=%d %s", proc.pid, line)
-        httpd = _serve_metrics(host, metrics_port, mp_dir) if metrics_port is not None else None
+        httpd = _serve_metrics(host, metrics_port, mp_dir, security) if metrics_port is not None else None
         echo(f"{line.split(' on ')[0]} on {host}:{port} ({workers} workers, pids "
              f"{', '.join(str(p.pid) for p in procs)})")
         if httpd is not None:
-            echo(f"metrics on http://{host}:{httpd.server_port}/metrics (summed over the workers)")
+            echo(f"metrics on {security.metrics_scheme}://{hostport(host, httpd.server_port)}/metrics "
+                 "(summed over the workers)")
 
         def on_signal(signum, frame) -> None:
             stopping.set()
@@ -144,13 +150,13 @@ def _stop(procs: list[subprocess.Popen], grace_s: float, mp_dir: str) -> None:
         multiprocess.mark_process_dead(proc.pid, mp_dir)
 
 
-def _serve_metrics(host: str, port: int, mp_dir: str):
+def _serve_metrics(host: str, port: int, mp_dir: str, security: Security):
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=mp_dir)
     try:
-        httpd, _ = start_http_server(port, addr=host, registry=registry)
+        httpd, _ = start_http_server(port, addr=host, registry=registry, **security.metrics_tls())
     except OSError as exc:
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
     return httpd

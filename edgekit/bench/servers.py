@@ -35,7 +35,7 @@ __all__ = ["ServerProcess", "cloud_edgekit", "interrupt_on_signals", "triton_clo
 
 # `serve --workers N` adds "(N workers, pids ...)" after the address, "(summed ...)" after the metrics URL
 _SERVING = re.compile(r"^serving (\S+) .* on ([\w.\-\[\]:]*):(\d+)(?: \(\d+ workers[^)]*\))?\s*$", re.MULTILINE)
-_METRICS = re.compile(r"^metrics on (http://\S+)(?: \(summed over the workers\))?\s*$", re.MULTILINE)
+_METRICS = re.compile(r"^metrics on (https?://\S+)(?: \(summed over the workers\))?\s*$", re.MULTILINE)
 _GRACE_S = 60.0  # Triton drains and unloads its model on SIGTERM: seconds on a busy machine
 
 

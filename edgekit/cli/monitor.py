@@ -23,6 +23,9 @@ import click
 from edgekit.cli._options import client_options, client_security
 
 if TYPE_CHECKING:  # pragma: no cover
+    import ssl
+    from pathlib import Path
+
     from rich.console import RenderableType
 
     from edgekit.runtime.client import EdgeClient
@@ -57,7 +60,9 @@ def command(
 ) -> None:
     """Watch a running edge server: traffic, routes, cloud rate, confidence, drift, cloud agreement, errors.
 
-    The token and TLS options apply to --server (gRPC); the metrics endpoint is plain HTTP.
+    The token and TLS options apply to --server (gRPC); the TLS options also to an https://
+    metrics URL (a server with --tls-cert serves its metrics over TLS, and with --tls-client-ca
+    asks for the client certificate there too).
     """
     from edgekit.deps import require
 
@@ -67,12 +72,13 @@ def command(
     if not as_json:
         require("rich", extra="runtime", what="edgekit monitor's live view (or use --json)")
     url = metrics_url if "://" in metrics_url else f"http://{metrics_url}"
+    tls = _metrics_tls(url, target, **security)
     client = None
     if target is not None:
         from edgekit.runtime.client import EdgeClient
 
         client = EdgeClient(target, timeout_s=timeout_s, **client_security(**security))
-    watcher = _Watcher(url, client, timeout_s=timeout_s, lowest=lowest)
+    watcher = _Watcher(url, client, timeout_s=timeout_s, lowest=lowest, tls=tls)
     try:
         if once:
             watcher.poll(strict=True)  # the start of the interval
@@ -95,11 +101,25 @@ def command(
             client.close()
 
 
+def _metrics_tls(url: str, target: str | None, *, tls: bool, tls_ca: Path | None, tls_cert: Path | None,
+                 tls_key: Path | None, **_: Any) -> ssl.SSLContext | None:
+    """How to check an https:// metrics URL (None: plain http)."""
+    from edgekit.errors import ConfigError
+    from edgekit.runtime.security import https_context
+
+    if url.startswith("https://"):
+        return https_context(tls_ca, tls_cert, tls_key)
+    if target is None and (tls or any(x is not None for x in (tls_ca, tls_cert, tls_key))):
+        raise ConfigError(f"the TLS options apply to an https:// metrics URL or to --server; {url} is plain http")
+    return None
+
+
 class _Watcher:
     """Reads the metrics (and the model, with --server) and keeps the previous scrape for rates."""
 
-    def __init__(self, url: str, client: EdgeClient | None, *, timeout_s: float, lowest: int) -> None:
-        self.url, self.client, self.timeout_s, self.lowest = url, client, timeout_s, lowest
+    def __init__(self, url: str, client: EdgeClient | None, *, timeout_s: float, lowest: int,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.url, self.client, self.timeout_s, self.lowest, self.tls = url, client, timeout_s, lowest, tls
         self.model_error: str | None = None
         self._previous: tuple[Scrape, float] | None = None
 
@@ -110,7 +130,7 @@ class _Watcher:
         from edgekit.runtime.monitor_client import build_snapshot, read_metrics
 
         started = time.monotonic()
-        current = read_metrics(self.url, timeout_s=self.timeout_s, taken_at=time.time())
+        current = read_metrics(self.url, timeout_s=self.timeout_s, taken_at=time.time(), tls=self.tls)
         model = None
         if self.client is not None:
             try:

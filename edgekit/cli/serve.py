@@ -134,8 +134,8 @@ def _serve(model: LogitModel, settings: ServerSettings, *, cloud: CloudClient | 
     server.install_signal_handlers(grace_s)  # before the ready line: a script may SIGTERM right after it
     info = server.dataplane.model_info()
     click.echo(f"serving {info.name} ({info.format}/{info.precision}, backend {info.backend}) on {server.address}")
-    if server.metrics_port is not None:
-        click.echo(f"metrics on http://{settings.host}:{server.metrics_port}/metrics")
+    if server.metrics_url is not None:
+        click.echo(f"metrics on {server.metrics_url}")
     server.wait()
 
 
@@ -375,8 +375,10 @@ def _serve_workers(ctx: click.Context, workers: int) -> None:
             continue
         argv += [flags[name]] if value is True else [flags[name], str(value)]
     params_port = params["port"]
+    security = _security(params["host"], **{name: params[name] for name in _SECURITY_OPTIONS})
     code = serve_workers(lambda port: [*argv, "--port", str(port)], workers, host=params["host"], port=params_port,
-                         metrics_port=params["metrics_port"], grace_s=params["grace_s"], echo=click.echo)
+                         metrics_port=params["metrics_port"], grace_s=params["grace_s"], echo=click.echo,
+                         security=security)
     ctx.exit(code)
 
 

@@ -10,6 +10,7 @@ plaintext server on 0.0.0.0 starts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -203,3 +204,79 @@ def test_the_edge_reaches_a_tls_and_token_cloud_on_both_protocols(pki, tmp_path,
             client = _cloud_client(address, protocol, model_name, tls_ca=pki["ca.pem"], token_file=token_file)
             with serving(KeywordModel(), cloud=client) as edge, EdgeClient(edge.address) as user:
                 assert user.classify([unsure])[0].route.value == route
+
+
+@pytest.mark.e2e
+def test_metrics_are_served_over_tls_with_the_grpc_ports_certificate(pki):
+    """A TLS server's /metrics is https with the same certificate (it was plaintext next to it)."""
+    from edgekit.runtime.monitor_client import read_metrics
+    from edgekit.runtime.security import https_context
+
+    security = Security(tls_cert=pki["server.pem"], tls_key=pki["server.key"])
+    with serving(KeywordModel(), security=security, metrics_port=0) as server:
+        with EdgeClient(server.address, tls_ca=pki["ca.pem"]) as client:
+            client.classify(["cancel it"])
+        url = server.metrics_url
+        assert url == f"https://127.0.0.1:{server.metrics_port}/metrics"
+        scrape = read_metrics(url, timeout_s=5, tls=https_context(pki["ca.pem"]))
+        assert sum(scrape.samples["edgekit_requests_total"].values()) == 1
+        with pytest.raises(EdgekitError, match="cannot read metrics"):
+            read_metrics(url.replace("https://", "http://"), timeout_s=5)  # plaintext is not answered
+        with pytest.raises(EdgekitError, match="CERTIFICATE_VERIFY_FAILED"):
+            read_metrics(url, timeout_s=5)  # the system's CAs do not vouch for the test CA
+
+
+@pytest.mark.e2e
+def test_mutual_tls_metrics_want_a_client_certificate_from_the_ca(pki, capsys):
+    from edgekit.cli import main
+    from edgekit.runtime.monitor_client import read_metrics
+    from edgekit.runtime.security import https_context
+
+    security = Security(tls_cert=pki["server.pem"], tls_key=pki["server.key"], tls_client_ca=pki["ca.pem"])
+    with serving(KeywordModel(), security=security, metrics_port=0) as server:
+        url = server.metrics_url
+        read_metrics(url, timeout_s=5, tls=https_context(pki["ca.pem"], pki["client.pem"], pki["client.key"]))
+        for cert in ({}, {"cert": pki["stranger.pem"], "key": pki["stranger.key"]}):
+            with pytest.raises(EdgekitError, match="cannot read metrics"):
+                read_metrics(url, timeout_s=5, tls=https_context(pki["ca.pem"], **cert))
+        # edgekit monitor takes the same client options for an https:// metrics URL
+        argv = ["monitor", "--metrics-url", url, "--json", "--once", "--interval", "0.1", "--tls-ca", str(pki["ca.pem"])]
+        for extra, expected in (([], 1), (["--tls-cert", str(pki["client.pem"]), "--tls-key", str(pki["client.key"])], 0)):
+            try:
+                main([*argv, *extra])
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+            out, err = capsys.readouterr()
+            assert code == expected, err
+            if expected == 0:
+                assert json.loads(out)["queued_texts"] == 0
+            else:
+                assert err.startswith("Error: cannot read metrics from https://") and len(err.strip().splitlines()) == 1
+
+
+def test_tls_options_for_a_plain_http_metrics_url_are_refused(pki, capsys):
+    from edgekit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["monitor", "--metrics-url", "127.0.0.1:9/metrics", "--once", "--json", "--tls-ca", str(pki["ca.pem"])])
+    assert exit_info.value.code == 2  # a configuration error, before anything is read
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plain http" in err[0], err
+
+
+def test_the_summed_metrics_of_serve_workers_use_the_workers_tls(pki, tmp_path):
+    from edgekit.runtime.monitor_client import read_metrics
+    from edgekit.runtime.security import https_context
+    from edgekit.runtime.workers import _serve_metrics
+
+    security = Security(tls_cert=pki["server.pem"], tls_key=pki["server.key"])
+    httpd = _serve_metrics("127.0.0.1", 0, str(tmp_path), security)
+    try:
+        url = f"https://127.0.0.1:{httpd.server_port}/metrics"
+        assert read_metrics(url, timeout_s=5, tls=https_context(pki["ca.pem"])).samples == {}  # no worker wrote yet
+        with pytest.raises(EdgekitError, match="cannot read metrics"):
+            read_metrics(url.replace("https://", "http://"), timeout_s=5)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -25,7 +25,8 @@ def test_a_line_that_only_mentions_serving_is_not_ready():
 
 
 @pytest.mark.parametrize("line", ["metrics on http://127.0.0.1:42605/metrics",
-                                  "metrics on http://127.0.0.1:42605/metrics (summed over the workers)"])
+                                  "metrics on http://127.0.0.1:42605/metrics (summed over the workers)",
+                                  "metrics on https://127.0.0.1:42605/metrics"])
 def test_the_metrics_line_gives_the_url(line):
     match = _METRICS.search(f"serving x (y) on 127.0.0.1:1\n{line}\n")
-    assert match is not None and match.group(1) == "http://127.0.0.1:42605/metrics"
+    assert match is not None and match.group(1) == line.split()[2]
