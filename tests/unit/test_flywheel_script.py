@@ -82,6 +82,12 @@ def test_recording_threshold_replays_validation_through_the_edge_alone(fly, monk
     assert got["record_threshold"] == pytest.approx(0.28)  # the 0.2-quantile of 0.1 .. 1.0
     assert got["validation_cloud_rate"] == pytest.approx(0.2)  # 0.1 and 0.2 fall below it
 
+    # a budget whose quantile falls below the fitted threshold records at the fitted one: the budget
+    # raises the cloud share, never lowers it under what the server would send anyway
+    got = fly.recording_threshold("edge:1", validation, 0.1, 1)
+    assert got["budget_quantile"] == pytest.approx(0.19) and got["record_threshold"] == 0.28
+    assert got["validation_cloud_rate"] == pytest.approx(0.2)
+
     calls.clear()
     assert fly.recording_threshold("edge:1", validation, 0.0, 1) == {
         "record_budget": 0.0, "record_threshold": 0.28, "fitted_threshold": 0.28}
@@ -254,8 +260,9 @@ def test_markdown_with_control_has_three_columns_and_three_changes(fly):
     assert _cells(table[6])[1:] == ["0.2000", "0.3000", "0.9000", "+70.00 pts", "+60.00 pts", "+10.00 pts"]
     assert _cells(table[6])[0] == "agreement with the cloud on the 454 recorded texts (edge alone; in-sample after)"
     assert _cells(table[7]) == ["fitted threshold (validation)", "0.3000", "0.3000", "0.2700", "", "", ""]
-    assert ("at threshold 0.5123 (the 10% quantile of the edge's scores on the validation split, which sent 10.0% of "
-            "it; fitted 0.2809): 10.1% sent to the cloud, 454 recorded") in markdown
+    assert ("at threshold 0.5123 (the higher of the 10% quantile of the edge's scores on the validation split, "
+            "0.5123, and the fitted threshold 0.2809; it sent 10.0% of the validation split to the cloud): 10.1% "
+            "sent to the cloud, 454 recorded") in markdown
     assert "as a control" in markdown and "**Flywheel holds**" in markdown
     assert "Convert wall time: before (reused), control 952 s, after 1310 s." in markdown
     assert "Warning" not in markdown
