@@ -50,7 +50,7 @@ class ClassifyOptions:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The answer for one text."""
+    """The answer for one text. (The cascade builds it positionally: keep new fields last.)"""
 
     label: str
     score: float  # calibrated probability of `label` from whoever answered
