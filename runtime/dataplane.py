@@ -142,7 +142,7 @@ class _Metrics:
             multiprocess_mode="livemax",
         )
         self._breaker: CircuitBreaker | None = None
-        self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # read once, not per request
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))  # read once, not per request
         # The labelled children every request touches, resolved once: `labels()` validates and
         # hashes its arguments under a lock, and was a fifth of the request path's Python time.
         self.use_backend(backend)
@@ -158,24 +158,24 @@ class _Metrics:
 
     def watch(self, breaker: CircuitBreaker) -> None:
         self._breaker = breaker
-        if not self._multiprocess:
+        if not self.multiprocess:
             self.breaker_open.set_function(lambda: float(breaker.state == "open"))
         # in multiprocess mode a callback gauge cannot be shared: cloud_outcome sets it instead
 
     def watch_queue(self, queued: Callable[[], int]) -> None:
-        if not self._multiprocess:
+        if not self.multiprocess:
             self.queued.set_function(lambda: float(queued()))  # read at scrape time: free per request
 
     def queue_changed(self, queued: int) -> None:
-        if self._multiprocess:  # a callback gauge cannot be shared across processes
-            self.queued.set(queued)
+        """Multiprocess mode only (a callback gauge cannot be shared across processes): the caller checks."""
+        self.queued.set(queued)
 
     def cloud_outcome(self, outcome: str) -> None:
         if outcome in _SKIPPED:
             self.cloud_skipped.labels(outcome).inc()
         else:
             self.cloud_calls.labels(outcome).inc()
-        if self._breaker is not None and self._multiprocess:
+        if self._breaker is not None and self.multiprocess:
             self.breaker_open.set(float(self._breaker.state == "open"))
 
     def request_done(self, predictions: Sequence[Prediction]) -> None:
@@ -422,7 +422,8 @@ class DataPlane:
             self._queued += n
             generation = self._current
             generation.inflight += 1
-            self._metrics.queue_changed(self._queued)
+            if self._metrics.multiprocess:  # else a callback gauge reads _queued at scrape time
+                self._metrics.queue_changed(self._queued)
         return generation
 
     def _release(self, n: int, generation: _Generation, answered: bool = False) -> None:
@@ -431,7 +432,8 @@ class DataPlane:
             self._queued -= n
             generation.inflight -= 1
             last = generation.retired and generation.inflight == 0
-            self._metrics.queue_changed(self._queued)
+            if self._metrics.multiprocess:  # else a callback gauge reads _queued at scrape time
+                self._metrics.queue_changed(self._queued)
         if last:  # the last request on a swapped-out model: nobody uses it any more
             generation.close()
 
