@@ -13,8 +13,8 @@ __all__ = ["batched_logits", "latency_ms"]
 def batched_logits(model, texts: Sequence[str], batch_size: int = 64, *, by_length: bool = False) -> np.ndarray:
     """Logits of ``texts`` in batches, in their order. ``by_length`` batches texts of similar length
     together (a batch pads to its longest text: on banking77 random batches of 64 are two thirds
-    padding); int8-dynamic models quantize each batch's activations with one range, so the logits
-    then differ in the last digits from those of other batchings."""
+    padding). A dynamically quantized int8 graph runs one text per call whatever the batch (the
+    runtime's ``Backend.rows_interact``): its logits, and so the gate's figures, are the served ones."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if by_length else list(range(len(texts)))
     if not order:
         return np.zeros((0, 0), np.float32)

@@ -6,7 +6,7 @@ bundle carries, so token ids are identical on the device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +46,24 @@ class TextTokenizer:
     def encode(self, texts: Sequence[str], pad_to: int | None = None) -> Encoded:
         """Token ids and mask, padded to ``pad_to`` (truncating to it) or to the longest text."""
         encodings = self._tok.encode_batch(list(texts))
-        length = pad_to or max((len(e.ids) for e in encodings), default=1)
-        ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(encodings), length), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            seq = enc.ids[:length]
-            if len(seq) < len(enc.ids) and length >= 2:
-                seq = seq[: length - 1] + [enc.ids[-1]]  # keep the closing special token ([SEP])
+        return self._pad([e.ids for e in encodings], pad_to or max((len(e.ids) for e in encodings), default=1))
+
+    def encode_rows(self, texts: Sequence[str], pad_to: Callable[[int], int | None] | None = None) -> list[Encoded]:
+        """Each text on its own, ``(1, length)``, with one tokenizer call for all of them: padded to
+        ``pad_to(its length)`` when given (and not None), else not padded at all."""
+        rows = []
+        for enc in self._tok.encode_batch(list(texts)):
+            length = (pad_to(len(enc.ids)) if pad_to is not None else None) or len(enc.ids)
+            rows.append(self._pad([enc.ids], length))
+        return rows
+
+    def _pad(self, sequences: list[list[int]], length: int) -> Encoded:
+        ids = np.full((len(sequences), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(sequences), length), dtype=np.int64)
+        for row, full in enumerate(sequences):
+            seq = full[:length]
+            if len(seq) < len(full) and length >= 2:
+                seq = seq[: length - 1] + [full[-1]]  # keep the closing special token ([SEP])
             ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
         return ids, mask

@@ -121,7 +121,7 @@ def _keep_for_runtime_check(result, small_splits, dest: Path) -> None:
     from edgekit.converters.measure import batched_logits
 
     expected = {}
-    chunk = 32  # dynamic int8 answers depend on which texts share a call: the check sends these chunks
+    chunk = 32  # the check sends these chunks (int8-dynamic answers once depended on them: no longer)
     for bundle in result.bundles:
         shutil.copytree(bundle, dest / bundle.name, dirs_exist_ok=True)
         model = load_bundle_model(bundle)

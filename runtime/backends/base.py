@@ -23,6 +23,11 @@ class Backend(Protocol):
     buckets: tuple[int, ...]
     # Largest batch one call accepts; 0 = any.
     max_batch: int
+    # True when a row's logits depend on the other rows of its call (and on its padding): an int8
+    # graph quantized dynamically computes one activation range per tensor, that is per batch.
+    # BundleModel then runs such a model one text per call, unpadded, so that a text gets the same
+    # answer whatever it is batched with. Optional for third-party backends (default False).
+    rows_interact: bool
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(batch, length) int64 arrays → (batch, num_labels) float32 logits."""

@@ -32,6 +32,7 @@ class OpenVinoBackend:
     name = "openvino"
     buckets: tuple[int, ...] = ()
     max_batch = 0
+    rows_interact = False  # int8 here compresses weights; activations stay in float
 
     def __init__(self, model_path: Path, *, threads: int | None = None) -> None:
         try:

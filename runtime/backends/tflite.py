@@ -88,6 +88,7 @@ class _Signature:
 
 class TfliteBackend:
     name = "tflite"
+    rows_interact = False  # its int8 kernels quantize each row on its own (and a call takes a fixed batch)
 
     def __init__(self, model_path: Path, buckets: Sequence[int], *, threads: int | None = None) -> None:
         """``buckets`` are the manifest's: they must be exactly the model's signatures."""

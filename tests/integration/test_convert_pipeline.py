@@ -48,8 +48,7 @@ def test_bundles_report_and_manifest(converted):
 
 def test_runtime_matches_the_converters_evaluation(converted, small_splits):
     """Loading a written bundle with the runtime gives the accuracy the report recorded, fed the
-    batches the converter measured with (int8-dynamic graphs quantize each batch's activations
-    with one range, so another batching may move a borderline text: see batched_logits)."""
+    batches the converter measured with."""
     from edgekit.converters.measure import batched_logits
     from edgekit.data import load_dataset
     from edgekit.manifest import Manifest
@@ -62,6 +61,29 @@ def test_runtime_matches_the_converters_evaluation(converted, small_splits):
         labels = list(model.info.labels)
         acc = float(np.mean([labels[p] == y for p, y in zip(pred, test.labels)]))
         assert acc == pytest.approx(Manifest.load(bundle).metrics["accuracy"], abs=1e-9)
+
+
+def test_a_text_gets_the_same_answer_whatever_it_is_batched_with(converted, small_splits, monkeypatch):
+    """A dynamically quantized int8 graph takes one activation range per call: the runtime runs it
+    one text per call, unpadded, so a text's logits do not depend on its batch mates or their
+    lengths (under load the micro-batcher groups whoever is waiting). Checked to fail: with
+    ``rows_interact`` forced False the batched logits of the int8 bundle differ."""
+    from edgekit.data import load_dataset
+    from edgekit.runtime.model import load_bundle_model
+
+    texts = [*list(load_dataset(small_splits["test"]).texts)[:24], "a much longer text than the others, to pad every row"]
+    by_name = {b.name: b for b in converted.bundles}
+    int8, fp32 = load_bundle_model(by_name["onnx-int8"]), load_bundle_model(by_name["onnx-fp32"])
+    try:
+        assert int8.backend.rows_interact and not fp32.backend.rows_interact
+        alone = {t: int8.logits([t])[0] for t in texts}
+        for batch in (texts, texts[::-1], [*texts[:3], texts[-1]]):
+            np.testing.assert_array_equal(int8.logits(batch), np.stack([alone[t] for t in batch]))
+        monkeypatch.setattr(int8.backend, "rows_interact", False)  # the padded batch, as before
+        assert not np.array_equal(int8.logits(texts), np.stack([alone[t] for t in texts]))
+    finally:
+        int8.close()
+        fp32.close()
 
 
 def test_tokenizer_parity(converted, small_splits):
