@@ -86,6 +86,22 @@ def test_a_text_gets_the_same_answer_whatever_it_is_batched_with(converted, smal
         fp32.close()
 
 
+def test_the_batch_invariance_script_shows_no_change_as_served(converted, small_splits):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    bundle = next(b for b in converted.bundles if b.name == "onnx-int8")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "batch_invariance.py"), str(bundle),
+                           "--test", str(small_splits["test"]), "--texts", "24", "--batch", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(rows_interact: True), 24 texts in random batches of 4" in done.stdout
+    assert "| batches of 4 as served | 0 (0.0%) | 0.000 |" in done.stdout
+    assert "| padded batches of 4 |" in done.stdout and "| one text per call | 0 (0.0%) | 0.000 |" in done.stdout
+
+
 def test_tokenizer_parity(converted, small_splits):
     """The bundle's tokenizer.json (runtime, tokenizers package) = the student's Python tokenizer."""
     from transformers import PreTrainedTokenizerFast
