@@ -491,11 +491,11 @@ def _table(result: dict[str, Any]) -> list[str]:
 def format_markdown(result: dict[str, Any]) -> str:
     s, p, seconds = result["settings"], result["production"], result["seconds"]
     per_request = "one text" if s["request_size"] == 1 else f"{s['request_size']} texts"
-    quantile = p.get("budget_quantile", p["record_threshold"])  # results of runs before session 10 lack it
-    at = (f"at threshold {p['record_threshold']:.4f} (the higher of the {p['record_budget']:.0%} quantile of the "
-          f"edge's scores on the validation split, {quantile:.4f}, and the fitted threshold "
-          f"{p['fitted_threshold']:.4f}; it sent {p['validation_cloud_rate']:.1%} of the validation split to the "
-          "cloud)" if p["record_budget"] else
+    rule = (f"the higher of the {p['record_budget']:.0%} quantile of the edge's scores on the validation split, "
+            f"{p['budget_quantile']:.4f}, and the fitted threshold" if "budget_quantile" in p else  # session 10 on
+            f"the {p['record_budget']:.0%} quantile of the edge's scores on the validation split; fitted")
+    at = (f"at threshold {p['record_threshold']:.4f} ({rule} {p['fitted_threshold']:.4f}; it sent "
+          f"{p['validation_cloud_rate']:.1%} of the validation split to the cloud)" if p["record_budget"] else
           f"at the bundle's fitted threshold ({p['record_threshold']:.4f})")
     control = result.get("control") is not None
     lines = [
@@ -598,8 +598,9 @@ def bundle_in(directory: Path, name: str) -> Path:
 @click.option("--feedback-weight", type=click.FloatRange(min=0, min_open=True), default=None,
               help="convert --feedback-weight (default: convert's).")
 @click.option("--record-budget", type=click.FloatRange(0, 1, max_open=True), default=0.10, show_default=True,
-              help="Share of the traffic sent to the cloud while recording (the threshold: this quantile of the "
-                   "edge's scores on the validation split); 0: the bundle's fitted threshold.")
+              help="Least share of the traffic sent to the cloud while recording (the threshold: this quantile of "
+                   "the edge's scores on the validation split, or the bundle's fitted threshold if higher); 0: the "
+                   "fitted threshold.")
 @click.option("--control/--no-control", default=True, show_default=True,
               help="Convert once more without --feedback and with convert's --seed + 1, as a control.")
 @click.option("--new-intents", type=click.IntRange(min=0), default=0, show_default=True,

@@ -68,7 +68,7 @@ class BundleModel:
         if not texts:
             return np.zeros((0, len(self.manifest.labels)), np.float32)
         # Tokenize outside the lock (the Rust tokenizer is thread-safe); only the engine call is serialised.
-        if len(texts) > 1 and getattr(self.backend, "rows_interact", False):
+        if len(texts) > 1 and getattr(self.backend, "rows_interact", False) and self.backend.max_batch <= 1:
             # one text per call, unpadded: the same answer for a text whatever it is batched with
             # (runtime.backends.base.Backend.rows_interact); as fast as padded batches on 1-2 threads
             # for banking77's int8 bundle, where random batches of 8 are mostly padding

@@ -194,20 +194,24 @@ class Security:
                 "or --insecure if the network is trusted"
             )
 
-    def metrics_tls(self) -> dict[str, Any]:
-        """prometheus_client ``start_http_server``'s TLS arguments for ``/metrics``: the gRPC port's
-        certificate and key, and with ``tls_client_ca`` the same client check (mutual TLS); empty
-        without TLS. A server that encrypts its gRPC port must not publish its traffic figures
-        (labels, routes, drift) in plaintext next to it."""
+    def metrics_tls(self) -> ssl.SSLContext | None:
+        """The server side of TLS for ``/metrics`` (None without TLS): the gRPC port's certificate
+        and key, and with ``tls_client_ca`` the same client check (mutual TLS). A server that
+        encrypts its gRPC port must not publish its traffic figures (labels, routes, drift) in
+        plaintext next to it."""
         if not self.tls:
-            return {}
+            return None
         for path, what in ((self.tls_cert, "TLS certificate"), (self.tls_key, "TLS key")):
             _read_pem(path, what)  # a one-line reason before the ssl module's
-        arguments: dict[str, Any] = {"certfile": str(self.tls_cert), "keyfile": str(self.tls_key)}
-        if self.tls_client_ca is not None:
-            _read_pem(self.tls_client_ca, "client CA")
-            arguments.update(client_cafile=str(self.tls_client_ca), client_auth_required=True)
-        return arguments
+        try:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+            if self.tls_client_ca is not None:
+                context.load_verify_locations(cafile=str(self.tls_client_ca))
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(f"cannot use the TLS files for /metrics ({self.tls_cert}, {self.tls_key}): {exc}") from exc
+        return context
 
     @property
     def metrics_scheme(self) -> str:

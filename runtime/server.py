@@ -38,10 +38,10 @@ from edgekit.runtime.grpc.servicers import (
     ErrorInterceptor,
     InferenceServicer,
 )
+from edgekit.runtime.metrics_http import serve_metrics
 from edgekit.runtime.security import AuthInterceptor, Security, hostport
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from edgekit.errors import ConfigError, EdgekitError, ModelError
 
@@ -65,7 +65,7 @@ class ServerSettings:
     cascade: CascadeSettings = field(default_factory=CascadeSettings)
     batching: BatchSettings = field(default_factory=BatchSettings)
     limits: Limits = field(default_factory=Limits)
-    metrics_port: int | None = None  # Prometheus over HTTP on the same host (0: any port)
+    metrics_port: int | None = None  # Prometheus /metrics on the same host (0: any port); https under TLS
     max_workers: int = 16
     max_inflight_rpcs: int | None = 128  # RPCs running or waiting for a thread (None: unbounded)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -191,12 +191,7 @@ class EdgeServer:
         return self
 
     def _serve_metrics(self, port: int) -> WSGIServer:
-        try:
-            httpd, _ = start_http_server(port, addr=self.host, registry=self.dataplane.registry,
-                                         **self._security.metrics_tls())
-        except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {hostport(self.host, port)}: {exc}") from exc
-        return httpd
+        return serve_metrics(self.host, port, self.dataplane.registry, self._security.metrics_tls())
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until :meth:`stop` has finished (True) or ``timeout_s`` passes (False).

@@ -151,12 +151,10 @@ def _stop(procs: list[subprocess.Popen], grace_s: float, mp_dir: str) -> None:
 
 
 def _serve_metrics(host: str, port: int, mp_dir: str, security: Security):
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    from edgekit.runtime.metrics_http import serve_metrics
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=mp_dir)
-    try:
-        httpd, _ = start_http_server(port, addr=host, registry=registry, **security.metrics_tls())
-    except OSError as exc:
-        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
-    return httpd
+    return serve_metrics(host, port, registry, security.metrics_tls())

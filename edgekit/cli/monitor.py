@@ -41,7 +41,7 @@ _BAR_WIDTH = 24
 @click.command("monitor")
 @click.option("--metrics-url", required=True, metavar="URL",
               help="The server's Prometheus endpoint (edgekit serve --metrics-port), e.g. "
-                   "http://127.0.0.1:9100/metrics; http:// is assumed without a scheme.")
+                   "http://127.0.0.1:9100/metrics; without a scheme, https:// with TLS options, else http://.")
 @click.option("--server", "target", default=None, metavar="HOST:PORT",
               help="Also ask this edgekit server (gRPC GetModelInfo) which model it serves, and its drift settings.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
@@ -71,8 +71,7 @@ def command(
         require("grpc", "grpc_health", extra="runtime", what="edgekit monitor --server")
     if not as_json:
         require("rich", extra="runtime", what="edgekit monitor's live view (or use --json)")
-    url = metrics_url if "://" in metrics_url else f"http://{metrics_url}"
-    tls = _metrics_tls(url, target, **security)
+    url, tls = _metrics_endpoint(metrics_url, target, **security)
     client = None
     if target is not None:
         from edgekit.runtime.client import EdgeClient
@@ -101,17 +100,23 @@ def command(
             client.close()
 
 
-def _metrics_tls(url: str, target: str | None, *, tls: bool, tls_ca: Path | None, tls_cert: Path | None,
-                 tls_key: Path | None, **_: Any) -> ssl.SSLContext | None:
-    """How to check an https:// metrics URL (None: plain http)."""
+def _metrics_endpoint(metrics_url: str, target: str | None, *, token_file: Path | None, tls: bool,
+                      tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
+                      ) -> tuple[str, ssl.SSLContext | None]:
+    """The metrics URL (https:// when it has no scheme and TLS options are given, else http://) and
+    how to check it (None: plain http). Options that would apply to nothing are refused."""
     from edgekit.errors import ConfigError
     from edgekit.runtime.security import https_context
 
+    wants_tls = tls or any(x is not None for x in (tls_ca, tls_cert, tls_key))
+    url = metrics_url if "://" in metrics_url else f"{'https' if wants_tls else 'http'}://{metrics_url}"
+    if target is None and token_file is not None:
+        raise ConfigError("--token-file applies to --server (gRPC) only: /metrics takes no token")
     if url.startswith("https://"):
-        return https_context(tls_ca, tls_cert, tls_key)
-    if target is None and (tls or any(x is not None for x in (tls_ca, tls_cert, tls_key))):
+        return url, https_context(tls_ca, tls_cert, tls_key)
+    if target is None and wants_tls:
         raise ConfigError(f"the TLS options apply to an https:// metrics URL or to --server; {url} is plain http")
-    return None
+    return url, None
 
 
 class _Watcher:

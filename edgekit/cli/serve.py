@@ -95,7 +95,7 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "request that finds the model idle runs at once, and batches form from the "
                           "requests that arrive while it is busy."),
         click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-                     help="Serve Prometheus metrics over HTTP on this port (0: any free port)."),
+                     help="Serve Prometheus metrics on this port (0: any free port): https with --tls-cert, else http."),
         click.option("--grace-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
                      help="On SIGTERM/Ctrl-C, how long in-flight requests may still run."),
         click.option("--max-workers", type=click.IntRange(min=1), default=16, show_default=True,

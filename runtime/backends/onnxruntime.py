@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import mmap
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +25,21 @@ ENGINE = ENGINES.add_spec(EngineSpec(
 # takes one scale per activation tensor, over every row and every padded position of the batch: on
 # banking77's int8 bundle 0.6% of the labels changed between a text alone and the same text in a
 # random batch of 8 (benchmarks/RESULTS.md, issue 12, session 10).
-_PER_BATCH_OPS = (b"DynamicQuantizeLinear", b"DynamicQuantizeMatMul")
+_PER_BATCH_OPS = re.compile(rb"DynamicQuantize(?:Linear|MatMul)")
 
 
 def quantizes_per_batch(model_path: Path) -> bool:
     """Does the ONNX graph quantize its activations dynamically? Searched for in the file's bytes
     (an op type is stored verbatim in its NodeProto): the runtime does not depend on the onnx
     package, and ONNX Runtime does not list a session's nodes."""
-    with open(model_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        return any(data.find(op) != -1 for op in _PER_BATCH_OPS)
+    try:
+        with open(model_path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return False  # nothing to map (and nothing ONNX Runtime would load)
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return _PER_BATCH_OPS.search(data) is not None
+    except OSError as exc:
+        raise ManifestError(f"{model_path}: cannot read the model ({exc})") from exc
 
 
 class OnnxRuntimeBackend:

@@ -239,8 +239,10 @@ def test_mutual_tls_metrics_want_a_client_certificate_from_the_ca(pki, capsys):
         for cert in ({}, {"cert": pki["stranger.pem"], "key": pki["stranger.key"]}):
             with pytest.raises(EdgekitError, match="cannot read metrics"):
                 read_metrics(url, timeout_s=5, tls=https_context(pki["ca.pem"], **cert))
-        # edgekit monitor takes the same client options for an https:// metrics URL
-        argv = ["monitor", "--metrics-url", url, "--json", "--once", "--interval", "0.1", "--tls-ca", str(pki["ca.pem"])]
+        # edgekit monitor takes the same client options for an https:// metrics URL (https:// is
+        # assumed for a URL without a scheme when TLS options are given)
+        argv = ["monitor", "--metrics-url", url.removeprefix("https://"), "--json", "--once", "--interval", "0.1",
+                "--tls-ca", str(pki["ca.pem"])]
         for extra, expected in (([], 1), (["--tls-cert", str(pki["client.pem"]), "--tls-key", str(pki["client.key"])], 0)):
             try:
                 main([*argv, *extra])
@@ -255,14 +257,19 @@ def test_mutual_tls_metrics_want_a_client_certificate_from_the_ca(pki, capsys):
                 assert err.startswith("Error: cannot read metrics from https://") and len(err.strip().splitlines()) == 1
 
 
-def test_tls_options_for_a_plain_http_metrics_url_are_refused(pki, capsys):
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--metrics-url", "http://127.0.0.1:9/metrics", "--tls-ca", "CA"], "plain http"),
+    (["--metrics-url", "127.0.0.1:9/metrics", "--token-file", "TOKENS"], "--token-file applies to --server"),
+])
+def test_monitor_options_that_would_apply_to_nothing_are_refused(pki, tmp_path, capsys, extra, message):
     from edgekit.cli import main
 
+    files = {"CA": str(pki["ca.pem"]), "TOKENS": str(_token_file(tmp_path / "tokens", TOKEN))}
     with pytest.raises(SystemExit) as exit_info:
-        main(["monitor", "--metrics-url", "127.0.0.1:9/metrics", "--once", "--json", "--tls-ca", str(pki["ca.pem"])])
+        main(["monitor", "--once", "--json", *[files.get(arg, arg) for arg in extra]])
     assert exit_info.value.code == 2  # a configuration error, before anything is read
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "plain http" in err[0], err
+    assert len(err) == 1 and message in err[0], err
 
 
 def test_the_summed_metrics_of_serve_workers_use_the_workers_tls(pki, tmp_path):
@@ -280,3 +287,26 @@ def test_the_summed_metrics_of_serve_workers_use_the_workers_tls(pki, tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.e2e
+def test_an_idle_connection_stops_neither_https_metrics_nor_shutdown(pki):
+    """A client that connects to /metrics and says nothing (a port scanner) must not hold up the
+    next scrape, nor SIGTERM's shutdown. Checked to fail: prometheus_client's own TLS server
+    (start_http_server with certfile) handshakes in its accept loop, and both then time out."""
+    import socket
+    import time
+
+    from edgekit.runtime.monitor_client import read_metrics
+    from edgekit.runtime.security import https_context
+
+    security = Security(tls_cert=pki["server.pem"], tls_key=pki["server.key"])
+    with serving(KeywordModel(), security=security, metrics_port=0) as server:
+        idle = socket.create_connection(("127.0.0.1", server.metrics_port))
+        try:
+            read_metrics(server.metrics_url, timeout_s=3, tls=https_context(pki["ca.pem"]))
+            started = time.monotonic()
+            server.stop(grace_s=0)
+            assert time.monotonic() - started < 3
+        finally:
+            idle.close()

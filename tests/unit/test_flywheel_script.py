@@ -187,7 +187,7 @@ def test_summary_with_control(fly):
 def _result(fly, before, after, control=None, budget=0.1) -> dict:
     production = {"texts": 4499, "cloud_rate": 0.101, "cloud_failed": 0, "cascade_accuracy": 0.93,
                   "seconds": 60.0, "recorded": 454, "record_budget": budget, "record_threshold": 0.5123,
-                  "fitted_threshold": 0.2809}
+                  "fitted_threshold": 0.2809, "budget_quantile": 0.5123}
     if budget:
         production["validation_cloud_rate"] = 0.1
     return {
@@ -339,3 +339,14 @@ def test_new_intents_keep_a_few_texts_for_the_edge_and_all_for_the_cloud(fly, tm
     assert fly.prepare_data(source, tmp_path / "none", 0.5, 0)["train"] == parts["teacher_train"]
     with pytest.raises(ConfigError, match="--new-intents 6: the data has 6 intents"):
         fly.prepare_data(source, tmp_path / "all", 0.5, 0, new=6)
+
+
+def test_markdown_of_a_result_from_before_session_10_names_the_quantile_alone(fly):
+    """Results written before the threshold became max(quantile, fitted) have no budget_quantile:
+    their text must not claim the higher of the two was taken."""
+    result = _result(fly, _phase(3, 8, 7, 0.2), _phase(1, 8, 8, 0.9, threshold=0.27))
+    del result["production"]["budget_quantile"]
+    markdown = fly.format_markdown(result)
+    assert ("at threshold 0.5123 (the 10% quantile of the edge's scores on the validation split; fitted 0.2809; "
+            "it sent 10.0% of the validation split to the cloud)") in markdown
+    assert "the higher of" not in markdown
