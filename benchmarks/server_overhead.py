@@ -1,7 +1,7 @@
 """What `edgekit serve` costs beyond its model (issue 12): one-client overhead and throughput under load.
 
 usage: .venv/bin/python benchmarks/server_overhead.py BUNDLE --test E.jsonl [--clients 1,4,16,64]
-           [--seconds 5] [--rounds 300] [--threads 1] [--workers 2] [--out DIR]
+           [--seconds 5] [--rounds 300] [--threads 1] [--workers 2] [--compare NAME=PYTHON ...] [--out DIR]
 
 Every server is a real `edgekit serve` process; the clients run in this process (see
 edgekit/bench/overhead.py for what each figure means). Run it on an idle machine.
@@ -27,8 +27,11 @@ from edgekit.cli import run_command
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Engine threads.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also measure `edgekit serve --workers N` (0: not).")
+@click.option("--compare", multiple=True, metavar="NAME=PYTHON",
+              help="Also measure the default server of the edgekit another Python runs (e.g. a venv of an older "
+                   "commit), as `default@NAME`, side by side in the same run. Repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write results.json and results.md here.")
-def main(bundle, test_file, clients, seconds, rounds, threads, workers, out) -> None:
+def main(bundle, test_file, clients, seconds, rounds, threads, workers, compare, out) -> None:
     from edgekit.bench.overhead import format_overhead_markdown, run_overhead
     from edgekit.bench.rows import write_figures
     from edgekit.data import load_dataset
@@ -38,9 +41,17 @@ def main(bundle, test_file, clients, seconds, rounds, threads, workers, out) -> 
         counts = [int(c) for c in clients.split(",") if c.strip()]
     except ValueError as exc:
         raise ConfigError(f"--clients takes whole numbers separated by commas, got {clients!r}") from exc
+    others = {}
+    for entry in compare:
+        name, sep, python = entry.partition("=")
+        if not sep or not name or not python:
+            raise ConfigError(f"--compare takes NAME=PYTHON (a Python executable), got {entry!r}")
+        if not Path(python).is_file():
+            raise ConfigError(f"--compare {name}: {python} is not a file (give a Python executable)")
+        others[name] = python
     texts = list(load_dataset(test_file, label_field=None).texts)
     result = run_overhead(bundle, texts, clients=counts, seconds=seconds, rounds=rounds, threads=threads,
-                          workers=workers)
+                          workers=workers, compare=others)
     markdown = format_overhead_markdown(result)
     click.echo(markdown)
     if out is not None:

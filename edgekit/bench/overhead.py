@@ -19,8 +19,10 @@
    process used (the clients share the machine's cores with the server).
 
 Server modes: ``default`` (the options ``edgekit serve`` starts with), ``no-batching``
-(``--max-batch-size 1``), ``wait-2ms`` (``--max-wait-ms 2``, the old micro-batching), and
-``workers-N`` when asked (``--workers N``).
+(``--max-batch-size 1``), ``wait-2ms`` (``--max-wait-ms 2``, the old micro-batching),
+``workers-N`` when asked (``--workers N``), and ``default@NAME`` for each ``compare`` entry: the
+default server as another Python installs edgekit (a venv of an older commit), so that two
+versions are measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -220,18 +222,21 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 
 def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] = (1, 4, 16, 64),
-                 seconds: float = 5.0, rounds: int = 300, threads: int = 1, workers: int = 0) -> dict[str, Any]:
-    """See the module docstring. ``workers`` > 1 adds a ``workers-N`` server mode."""
+                 seconds: float = 5.0, rounds: int = 300, threads: int = 1, workers: int = 0,
+                 compare: dict[str, str] | None = None) -> dict[str, Any]:
+    """See the module docstring. ``workers`` > 1 adds a ``workers-N`` server mode; ``compare`` maps a
+    name to a Python executable whose edgekit serves a ``default@name`` mode."""
     from edgekit.device import device_record
     from edgekit.runtime.model import load_bundle_model
 
     if not texts:
         raise ConfigError("give at least one text")
-    modes = dict(SERVER_MODES)
+    serve = ["-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", str(threads), "--metrics-port", "0"]
+    modes = {name: [sys.executable, *serve, *extra] for name, extra in SERVER_MODES.items()}
     if workers > 1:
-        modes[f"workers-{workers}"] = ["--workers", str(workers)]
-    serve = [sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", str(threads),
-             "--metrics-port", "0"]
+        modes[f"workers-{workers}"] = [sys.executable, *serve, "--workers", str(workers)]
+    for name, python in (compare or {}).items():
+        modes[f"default@{name}"] = [python, *serve]
     servers: dict[str, ServerProcess] = {}
     model = load_bundle_model(bundle, threads=threads)
     try:
@@ -240,8 +245,8 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
                                               name="bare-model").start()
         servers["bare-dataplane"] = ServerProcess(
             [sys.executable, "-c", BARE_DATAPLANE_SCRIPT, str(bundle), str(threads)], name="bare-dataplane").start()
-        for name, extra in modes.items():
-            servers[name] = ServerProcess([*serve, *extra], name=name).start()
+        for name, argv in modes.items():
+            servers[name] = ServerProcess(argv, name=name).start()
         times = _single_client(model, servers, texts, rounds)
         single = {name: {"p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)} for name, t in times.items()}
         floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]

@@ -143,20 +143,21 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
     model and data plane servers beside them, the overhead against model + echo, and throughput per mode."""
     from edgekit.bench.overhead import SERVER_MODES, format_overhead_markdown, run_overhead
 
-    result = run_overhead(bundle, texts, clients=(1, 2), seconds=0.3, rounds=10)
+    result = run_overhead(bundle, texts, clients=(1, 2), seconds=0.3, rounds=10, compare={"here": sys.executable})
     single = result["single_client"]
-    assert list(single) == ["in-process", "grpc-echo", "bare-model", "bare-dataplane", *SERVER_MODES]
+    modes = [*SERVER_MODES, "default@here"]  # another install's default server, side by side (here: this one)
+    assert list(single) == ["in-process", "grpc-echo", "bare-model", "bare-dataplane", *modes]
     floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]
-    for name in ("bare-model", "bare-dataplane", *SERVER_MODES):
+    for name in ("bare-model", "bare-dataplane", *modes):
         assert 0 < single[name]["p50_ms"] <= single[name]["p99_ms"]
         assert single[name]["overhead_ms"] == pytest.approx(single[name]["p50_ms"] - floor, abs=2e-3)
-    assert {(row["mode"], row["clients"]) for row in result["load"]} == {
-        (mode, n) for mode in SERVER_MODES for n in (1, 2)}
+    assert {(row["mode"], row["clients"]) for row in result["load"]} == {(mode, n) for mode in modes for n in (1, 2)}
     for row in result["load"]:
         assert row["requests"] > 0 and row["errors"] == 0, row
         assert row["mean_batch"] >= 1
     table = format_overhead_markdown(result)
     assert "| bare-model |" in table and "| bare-dataplane |" in table and "| default | 2 |" in table
+    assert "| default@here | 2 |" in table
 
 
 @NEEDS_EXPORT
