@@ -1,6 +1,7 @@
 """Does a text's answer depend on what it is batched with? And what does each way of batching cost?
 
 usage: .venv/bin/python benchmarks/batch_invariance.py BUNDLE --test E.jsonl [--texts 800] [--batch 8] [--threads 1]
+           [--by-length]
 
 Under load the server's micro-batcher puts whoever is waiting into one engine call. An int8 ONNX
 graph quantized dynamically takes one activation range per call (every row, every padded
@@ -9,7 +10,8 @@ per call, unpadded (``Backend.rows_interact``). This prints, for the first ``--t
 file in random batches of ``--batch`` (seeded): how many labels differ from the text alone and the
 largest logit change, for the padded batch (``rows_interact`` forced off: the runtime before issue
 12's session 10) and for the batch as served now; and the texts/s of each, beside one text per call,
-measured alternately in one run.
+measured alternately in one run. ``--by-length`` batches texts of similar length together instead
+(what ``edgekit convert``'s evaluation does, in batches of 64).
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from edgekit.cli import run_command
 @click.option("--batch", type=click.IntRange(min=2), default=8, show_default=True, help="Texts per engine call.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Engine threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The random batching.")
-def main(bundle, test_file, count, batch, threads, seed) -> None:
+@click.option("--by-length", is_flag=True, help="Batch texts of similar length together (as convert evaluates).")
+def main(bundle, test_file, count, batch, threads, seed, by_length) -> None:
     from edgekit.data import load_dataset
     from edgekit.runtime.model import load_bundle_model
 
     texts = list(load_dataset(test_file, label_field=None).texts)[:count]
-    order = np.random.default_rng(seed).permutation(len(texts))
+    order = (sorted(range(len(texts)), key=lambda i: len(texts[i])) if by_length
+             else np.random.default_rng(seed).permutation(len(texts)))
     batches = [[texts[i] for i in order[s : s + batch]] for s in range(0, len(order), batch)]
     model = load_bundle_model(bundle, threads=threads)
     try:
@@ -63,7 +67,8 @@ def main(bundle, test_file, count, batch, threads, seed) -> None:
     finally:
         model.close()
     alone = logits.pop("one text per call (the reference)")
-    click.echo(f"Bundle `{bundle}` (rows_interact: {served}), {len(texts)} texts in random batches of {batch}, "
+    how = "batches of similar length" if by_length else "random batches"
+    click.echo(f"Bundle `{bundle}` (rows_interact: {served}), {len(texts)} texts in {how} of {batch}, "
                f"engine threads {threads}:\n")
     click.echo("| engine calls | labels that differ from the text alone | largest logit change | texts/s (two runs) |")
     click.echo("|---|---:|---:|---:|")
