@@ -63,6 +63,7 @@ class BatchSettings:
 @dataclass
 class _Pending:
     texts: Sequence[str]
+    wake: threading.Condition  # on the batcher's lock: its caller sleeps here, woken alone
     deadline: float | None = None  # time.monotonic() past which the caller no longer waits
     arrived: float = field(default_factory=time.monotonic)
     done: bool = False
@@ -138,36 +139,48 @@ class MicroBatcher(Generic[R]):
                 with self._lock:
                     self._busy = False
                     if self._queue or self._closed:  # nobody else waits on the model otherwise
-                        self._cond.notify_all()  # whoever queued meanwhile leads the next batch
+                        self._model_free()
         if pending.error is not None:
             raise pending.error
         return pending.rows
 
     def _wait_or_lead(self, texts: Sequence[str], deadline: float | None) -> _Pending:
         """Queue ``texts`` and wait (under the lock) until some leader, maybe this caller, ran them."""
-        pending = _Pending(texts, deadline)
+        pending = _Pending(texts, threading.Condition(self._lock), deadline)
         self._queue.append(pending)
         if self._settings.max_wait_ms > 0:
             self._cond.notify_all()  # a leader waiting for company re-counts its batch
         while not pending.done:
             if self._busy:
-                self._cond.wait()
+                pending.wake.wait()
                 continue
             # the model is free: lead a batch from the head of the queue (busy from here on,
             # also while _take waits for company under max_wait_ms, so nobody else leads)
             self._busy = True
+            batch: list[_Pending] = []
             try:
                 batch = self._take()
                 if batch:  # empty when every queued request had expired
-                    self._cond.release()
+                    self._lock.release()
                     try:
                         self._run_batch(batch)
                     finally:
-                        self._cond.acquire()
+                        self._lock.acquire()
             finally:
                 self._busy = False
-                self._cond.notify_all()
+                for done in batch:  # their rows are in: wake their callers, and nobody else
+                    done.wake.notify()
+                self._model_free()
         return pending
+
+    def _model_free(self) -> None:
+        """Under the lock, once the model is free: the queue's head leads the next batch (only it
+        is woken: waking every waiter after each batch made them all contend for the lock and the
+        GIL with the next leader, issue 12), and close() re-checks."""
+        if self._queue:
+            self._queue[0].wake.notify()
+        if self._closed:
+            self._cond.notify_all()
 
     def queued(self) -> int:
         """Requests waiting for the model (not counting the batch it is running)."""
@@ -218,10 +231,10 @@ class MicroBatcher(Generic[R]):
                     f"the request's deadline passed after {waited_ms:.0f} ms in the queue; it was not run"
                 )
                 pending.done = True
+                pending.wake.notify()  # its caller returns as soon as the leader releases the lock
             else:
                 kept.append(pending)
         self._queue = kept
-        self._cond.notify_all()  # their callers return as soon as the leader releases the lock
 
     def _call(self, texts: list[str]) -> R:
         if self._on_batch is not None:

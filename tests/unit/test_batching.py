@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -190,3 +191,40 @@ def test_settings_are_validated():
     with pytest.raises(ConfigError):
         BatchSettings(max_wait_ms=-0.5)
     assert not BatchSettings(max_batch_size=1).enabled and BatchSettings(max_batch_size=2).enabled
+
+
+def test_a_finished_batch_wakes_its_callers_and_the_next_leader_only(monkeypatch):
+    """After each batch only that batch's callers and the queue's head wake up: waking every waiter
+    made them all contend for the lock and the GIL with the next leader (issue 12). Six requests
+    queue behind a held call and run in three batches of two, each batch 20 ms long (time for the
+    others to wake and find the model busy): each caller sleeps once. Checked to fail: with the
+    notify_all of commit f9a958d's batcher the callers sleep 15 times (every waiter re-sleeps after
+    every batch)."""
+    import edgekit.runtime.batching as batching
+
+    sleeps = []
+
+    class Counting(threading.Condition):
+        def wait(self, timeout=None):
+            sleeps.append(threading.current_thread().name)
+            return super().wait(timeout)
+
+    # the batcher's own conditions only (Event and the thread pool use threading.Condition too)
+    monkeypatch.setattr(batching, "threading", SimpleNamespace(Lock=threading.Lock, Condition=Counting))
+    fn = Echo(hold_first=True)
+
+    def slow(texts):
+        rows = fn(texts)
+        time.sleep(0.02)  # releases the GIL: the other waiters run meanwhile
+        return rows
+
+    batcher = MicroBatcher(slow, BatchSettings(max_batch_size=2))
+    with ThreadPoolExecutor(7) as pool:
+        first = pool.submit(batcher.submit, ["a"])
+        assert fn.entered.wait(2)
+        rest = [pool.submit(batcher.submit, [f"t{i}"]) for i in range(6)]
+        _wait_queued(batcher, 6)
+        fn.release.set()
+        assert [f.result(5) for f in rest] == [[f"T{i}"] for i in range(6)] and first.result(5) == ["A"]
+    assert fn.batches == [["a"], ["t0", "t1"], ["t2", "t3"], ["t4", "t5"]]
+    assert len(sleeps) == 6, sleeps
