@@ -42,6 +42,17 @@ def _wait_queued(batcher: MicroBatcher, n: int) -> None:
         time.sleep(0.001)
 
 
+def _queue_behind_a_held_call(pool, batcher, fn: Echo, first: list[str], rest: list[list[str]]):
+    """Submit ``first`` (``fn`` holds its call), then ``rest`` while it is held; release ``fn`` once
+    they all queue. Returns the futures of ``first`` and of ``rest``."""
+    held = pool.submit(batcher.submit, first)
+    assert fn.entered.wait(2)
+    queued = [pool.submit(batcher.submit, texts) for texts in rest]
+    _wait_queued(batcher, len(rest))
+    fn.release.set()
+    return held, queued
+
+
 def test_disabled_batcher_calls_directly_in_the_callers_thread():
     fn, sizes = Echo(), []
     batcher = MicroBatcher(fn, BatchSettings(max_batch_size=1), on_batch=sizes.append)
@@ -164,11 +175,7 @@ def test_requests_that_arrive_while_the_model_is_busy_form_the_next_batch():
     fn, sizes = Echo(hold_first=True), []
     batcher = MicroBatcher(fn, BatchSettings(max_batch_size=8), on_batch=sizes.append)
     with ThreadPoolExecutor(6) as pool:
-        first = pool.submit(batcher.submit, ["first"])
-        assert fn.entered.wait(2)
-        rest = [pool.submit(batcher.submit, [f"r{i}"]) for i in range(5)]
-        _wait_queued(batcher, 5)
-        fn.release.set()
+        first, rest = _queue_behind_a_held_call(pool, batcher, fn, ["first"], [[f"r{i}"] for i in range(5)])
         assert first.result(2) == ["FIRST"]
         assert [f.result(2) for f in rest] == [[f"R{i}"] for i in range(5)]
     assert sizes == [1, 5]  # the five queued during the first call ran as one
@@ -220,11 +227,7 @@ def test_a_finished_batch_wakes_its_callers_and_the_next_leader_only(monkeypatch
 
     batcher = MicroBatcher(slow, BatchSettings(max_batch_size=2))
     with ThreadPoolExecutor(7) as pool:
-        first = pool.submit(batcher.submit, ["a"])
-        assert fn.entered.wait(2)
-        rest = [pool.submit(batcher.submit, [f"t{i}"]) for i in range(6)]
-        _wait_queued(batcher, 6)
-        fn.release.set()
+        first, rest = _queue_behind_a_held_call(pool, batcher, fn, ["a"], [[f"t{i}"] for i in range(6)])
         assert [f.result(5) for f in rest] == [[f"T{i}"] for i in range(6)] and first.result(5) == ["A"]
     assert fn.batches == [["a"], ["t0", "t1"], ["t2", "t3"], ["t4", "t5"]]
     assert len(sleeps) == 6, sleeps
