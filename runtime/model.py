@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from edgekit.errors import ManifestError
 from edgekit.manifest import MANIFEST_NAME, Manifest
 from edgekit.monitoring import Reference
 from edgekit.runtime.backends import load_backend, resolve_backend
-from edgekit.runtime.tokenize import TextTokenizer
+from edgekit.runtime.tokenize import Encoded, TextTokenizer
 from edgekit.runtime.types import ModelInfo, check_logits
 
 __all__ = ["BundleModel", "load_bundle_model", "load_model"]
@@ -47,15 +48,15 @@ class BundleModel:
             summary=manifest.summary(),
             reference=Reference.from_dict(manifest.reference) if manifest.reference else None,
         )
+        # one text per engine call, unpadded, when the graph's rows interact: the same answer for a
+        # text whatever it is batched with (runtime.backends.base.Backend.rows_interact); as fast as
+        # padded batches on 1-2 threads for banking77's int8 bundle (random batches of 8 are mostly
+        # padding)
+        self._one_per_call = bool(getattr(self.backend, "rows_interact", False)) and self.backend.max_batch <= 1
 
     @property
     def info(self) -> ModelInfo:
         return self._info
-
-    def _pad_length(self, texts: Sequence[str]) -> int | None:
-        if not self.backend.buckets:
-            return None
-        return self._bucket(max(self.tokenizer.lengths(texts), default=1))
 
     def _bucket(self, length: int) -> int:
         buckets = sorted(self.backend.buckets)
@@ -64,26 +65,37 @@ class BundleModel:
                 return bucket
         return buckets[-1]  # longer texts are truncated to the largest bucket
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, len(self.manifest.labels)), np.float32)
-        # Tokenize outside the lock (the Rust tokenizer is thread-safe); only the engine call is serialised.
-        if len(texts) > 1 and getattr(self.backend, "rows_interact", False) and self.backend.max_batch <= 1:
-            # one text per call, unpadded: the same answer for a text whatever it is batched with
-            # (runtime.backends.base.Backend.rows_interact); as fast as padded batches on 1-2 threads
-            # for banking77's int8 bundle, where random batches of 8 are mostly padding
-            encoded = self.tokenizer.encode_rows(texts, self._bucket if self.backend.buckets else None)
+    def encode(self, texts: Sequence[str]) -> list[Any]:
+        """Each text's model input, for :meth:`run_encoded`. Thread-safe and outside the engine's lock
+        (the Rust tokenizer is), so a server tokenizes each request in its own thread while the
+        engine runs other requests (:class:`~edgekit.runtime.batching.BatchedModel`)."""
+        if self._one_per_call:
+            return self.tokenizer.encode_rows(texts, self._bucket if self.backend.buckets else None)
+        return self.tokenizer.ids(texts)  # padded in run_encoded, to its batch's longest text
+
+    def run_encoded(self, rows: Sequence[Any]) -> np.ndarray:
+        """Logits of rows made by :meth:`encode` (of one call or of several, concatenated)."""
+        if not rows:
+            return np.zeros((0, len(self._info.labels)), np.float32)
+        if self._one_per_call:
+            batches = rows  # each a ready (1, length) row
         else:
-            step = self.backend.max_batch or len(texts)
-            chunks = [texts[start : start + step] for start in range(0, len(texts), step)]
-            encoded = [self.tokenizer.encode(chunk, pad_to=self._pad_length(chunk)) for chunk in chunks]
+            step = self.backend.max_batch or len(rows)
+            batches = [self._padded(rows[start : start + step]) for start in range(0, len(rows), step)]
         out = []
         with self._lock:
-            for ids, mask in encoded:
+            for ids, mask in batches:
                 out.append(np.asarray(self.backend.run(ids, mask), dtype=np.float32))
         logits = np.concatenate(out)
-        check_logits(logits, len(texts), len(self._info.labels), who=self._who, error=ManifestError)
+        check_logits(logits, len(rows), len(self._info.labels), who=self._who, error=ManifestError)
         return logits
+
+    def _padded(self, ids: Sequence[list[int]]) -> Encoded:
+        longest = max(map(len, ids), default=1)
+        return self.tokenizer.pad(ids, self._bucket(longest) if self.backend.buckets else longest)
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        return self.run_encoded(self.encode(texts))
 
     def close(self) -> None:
         self.backend.close()

@@ -43,10 +43,14 @@ class TextTokenizer:
     def lengths(self, texts: Sequence[str]) -> list[int]:
         return [len(e.ids) for e in self._tok.encode_batch(list(texts))]
 
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids (truncated to ``max_length``), not padded: :meth:`pad` them later."""
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
+
     def encode(self, texts: Sequence[str], pad_to: int | None = None) -> Encoded:
         """Token ids and mask, padded to ``pad_to`` (truncating to it) or to the longest text."""
         encodings = self._tok.encode_batch(list(texts))
-        return self._pad([e.ids for e in encodings], pad_to or max((len(e.ids) for e in encodings), default=1))
+        return self.pad([e.ids for e in encodings], pad_to or max((len(e.ids) for e in encodings), default=1))
 
     def encode_rows(self, texts: Sequence[str], pad_to: Callable[[int], int | None] | None = None) -> list[Encoded]:
         """Each text on its own, ``(1, length)``, with one tokenizer call for all of them: padded to
@@ -54,10 +58,12 @@ class TextTokenizer:
         rows = []
         for enc in self._tok.encode_batch(list(texts)):
             length = (pad_to(len(enc.ids)) if pad_to is not None else None) or len(enc.ids)
-            rows.append(self._pad([enc.ids], length))
+            rows.append(self.pad([enc.ids], length))
         return rows
 
-    def _pad(self, sequences: list[list[int]], length: int) -> Encoded:
+    def pad(self, sequences: Sequence[list[int]], length: int) -> Encoded:
+        """``sequences`` (token ids) as one ``(len(sequences), length)`` batch: padded, or truncated
+        to ``length`` keeping each text's closing special token."""
         ids = np.full((len(sequences), length), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(sequences), length), dtype=np.int64)
         for row, full in enumerate(sequences):

@@ -31,11 +31,32 @@ def test_a_text_gets_the_same_answer_whatever_it_is_batched_with(converted, smal
         alone = {t: int8.logits([t])[0] for t in texts}
         for batch in (texts, texts[::-1], [*texts[:3], texts[-1]]):
             np.testing.assert_array_equal(int8.logits(batch), np.stack([alone[t] for t in batch]))
-        monkeypatch.setattr(int8.backend, "rows_interact", False)  # the padded batch, as before
+        monkeypatch.setattr(int8, "_one_per_call", False)  # the padded batch, as before
         assert not np.array_equal(int8.logits(texts), np.stack([alone[t] for t in texts]))
     finally:
         int8.close()
         fp32.close()
+
+
+def test_callers_encodings_run_together_give_the_answers_of_one_call(converted, small_splits):
+    """The server's batcher tokenizes each request in its caller's thread (``encode``) and runs the
+    concatenated rows of several callers in one engine call (``run_encoded``): for every format
+    that is the answer ``logits`` gives for all their texts at once (padded to the batch's longest
+    text, or to a bucket, or one text per call)."""
+    from edgekit.data import load_dataset
+    from edgekit.runtime.model import load_bundle_model
+
+    texts = list(load_dataset(small_splits["test"]).texts)[:9]
+    callers = [texts[:1], texts[1:5], texts[5:]]
+    for bundle in converted.bundles:
+        model = load_bundle_model(bundle)
+        try:
+            rows = [row for part in callers for row in model.encode(part)]
+            assert len(rows) == len(texts)
+            np.testing.assert_allclose(model.run_encoded(rows), model.logits(texts), rtol=0, atol=1e-5,
+                                       err_msg=bundle.name)
+        finally:
+            model.close()
 
 
 def test_the_batch_invariance_script_shows_no_change_as_served(converted, small_splits):
