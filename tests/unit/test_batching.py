@@ -200,13 +200,14 @@ def test_settings_are_validated():
     assert not BatchSettings(max_batch_size=1).enabled and BatchSettings(max_batch_size=2).enabled
 
 
-def test_a_finished_batch_wakes_its_callers_and_the_next_leader_only(monkeypatch):
-    """After each batch only that batch's callers and the queue's head wake up: waking every waiter
-    made them all contend for the lock and the GIL with the next leader (issue 12). Six requests
+def test_a_finished_batch_wakes_its_callers_only_and_one_engine_thread_runs_the_queue(monkeypatch):
+    """After each batch only that batch's callers wake up, and the batches that queued behind a call
+    run back to back on one engine thread: waking every waiter, or a waiter leading the next batch,
+    made them contend for the lock and the GIL between two engine calls (issue 12). Six requests
     queue behind a held call and run in three batches of two, each batch 20 ms long (time for the
-    others to wake and find the model busy): each caller sleeps once. Checked to fail: with the
-    notify_all of commit f9a958d's batcher the callers sleep 15 times (every waiter re-sleeps after
-    every batch)."""
+    others to wake): each caller sleeps once, and the engine thread sleeps only once the queue is
+    empty. Checked to fail: with the notify_all of commit f9a958d's batcher the callers sleep 15
+    times (every waiter re-sleeps after every batch)."""
     import edgekit.runtime.batching as batching
 
     sleeps = []
@@ -217,7 +218,8 @@ def test_a_finished_batch_wakes_its_callers_and_the_next_leader_only(monkeypatch
             return super().wait(timeout)
 
     # the batcher's own conditions only (Event and the thread pool use threading.Condition too)
-    monkeypatch.setattr(batching, "threading", SimpleNamespace(Lock=threading.Lock, Condition=Counting))
+    monkeypatch.setattr(batching, "threading",
+                        SimpleNamespace(Lock=threading.Lock, Condition=Counting, Thread=threading.Thread))
     fn = Echo(hold_first=True)
 
     def slow(texts):
@@ -225,9 +227,57 @@ def test_a_finished_batch_wakes_its_callers_and_the_next_leader_only(monkeypatch
         time.sleep(0.02)  # releases the GIL: the other waiters run meanwhile
         return rows
 
-    batcher = MicroBatcher(slow, BatchSettings(max_batch_size=2))
-    with ThreadPoolExecutor(7) as pool:
+    batcher = MicroBatcher(slow, BatchSettings(max_batch_size=2), name="the-engine")
+    with ThreadPoolExecutor(7, thread_name_prefix="caller") as pool:
         first, rest = _queue_behind_a_held_call(pool, batcher, fn, ["a"], [[f"t{i}"] for i in range(6)])
         assert [f.result(5) for f in rest] == [[f"T{i}"] for i in range(6)] and first.result(5) == ["A"]
     assert fn.batches == [["a"], ["t0", "t1"], ["t2", "t3"], ["t4", "t5"]]
-    assert len(sleeps) == 6, sleeps
+    assert fn.threads == {"caller_0", "the-engine"}  # the idle model ran "a" in its caller's thread
+    callers = [name for name in sleeps if name != "the-engine"]
+    assert len(callers) == 6, sleeps
+    assert sleeps.count("the-engine") <= 1, sleeps  # asleep only with nothing queued
+    batcher.close()
+
+
+def test_the_engine_thread_ends_when_idle_and_a_new_one_serves_the_next_queue(monkeypatch):
+    import edgekit.runtime.batching as batching
+
+    monkeypatch.setattr(batching, "_ENGINE_IDLE_S", 0.05)
+    fn = Echo(hold_first=True)
+    batcher = MicroBatcher(fn, BatchSettings(max_batch_size=4), name="idle-engine")
+    with ThreadPoolExecutor(2) as pool:
+        first, rest = _queue_behind_a_held_call(pool, batcher, fn, ["a"], [["b"]])
+        assert first.result(2) == ["A"] and rest[0].result(2) == ["B"]
+        engine = batcher._engine
+        assert engine is not None
+        engine.join(2)
+        assert not engine.is_alive() and batcher._engine is None  # idle 50 ms: gone
+        fn.entered.clear()
+        fn.release.clear()
+        first, rest = _queue_behind_a_held_call(pool, batcher, fn, ["c"], [["d"]])
+        assert first.result(2) == ["C"] and rest[0].result(2) == ["D"]
+    assert fn.batches == [["a"], ["b"], ["c"], ["d"]]
+    batcher.close()
+
+
+def test_batched_model_tokenizes_in_the_callers_thread_and_batches_only_the_engine_call():
+    """A model with encode/run_encoded (BundleModel) is tokenized by each caller before it queues,
+    so tokenizing never stands between two engine calls (issue 12)."""
+    calls = []
+
+    class Split(KeywordModel):
+        def encode(self, texts):
+            calls.append(("encode", threading.current_thread().name, list(texts)))
+            return [("enc", t) for t in texts]
+
+        def run_encoded(self, rows):
+            calls.append(("run", threading.current_thread().name, list(rows)))
+            return KeywordModel.logits(self, [t for _, t in rows])
+
+    model = Split()
+    batched = BatchedModel(model, BatchSettings(max_batch_size=4))
+    texts = ["please cancel", "where is it"]
+    np.testing.assert_array_equal(batched.logits(texts), KeywordModel().logits(texts))
+    me = threading.current_thread().name
+    assert calls == [("encode", me, texts), ("run", me, [("enc", t) for t in texts])]
+    batched.close()
