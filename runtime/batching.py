@@ -91,8 +91,8 @@ class MicroBatcher(Generic[R]):
     """Run ``fn`` for concurrent ``submit`` calls, merging those that queue while ``fn`` is busy.
 
     ``fn`` must return one row per input item (a text, or whatever the caller prepared from one).
-    ``on_batch`` is told the size of every batch ``fn`` runs on (for metrics), with batching on or
-    off. A request that finds the model idle runs in its caller's thread; requests that queue while
+    ``on_batch`` is told the size of every batch ``fn`` runs on, and ``on_run`` the seconds each
+    call of ``fn`` took (for metrics), with batching on or off. A request that finds the model idle runs in its caller's thread; requests that queue while
     the model is busy are run, batch after batch, by one engine thread (started on first need),
     which hands every caller its rows.
 
@@ -109,11 +109,13 @@ class MicroBatcher(Generic[R]):
         settings: BatchSettings = BatchSettings(),
         *,
         on_batch: Callable[[int], None] | None = None,
+        on_run: Callable[[float], None] | None = None,
         name: str = "edgekit-batcher",
     ) -> None:
         self._fn = fn
         self._settings = settings
         self._on_batch = on_batch
+        self._on_run = on_run
         self.name = name
         self._lock = threading.Lock()
         # the lone request's path takes ``_lock`` itself: the condition's ``with`` adds two Python
@@ -285,7 +287,14 @@ class MicroBatcher(Generic[R]):
     def _call(self, items: list[Any]) -> R:
         if self._on_batch is not None:
             self._on_batch(len(items))
-        rows = self._fn(items)
+        if self._on_run is None:
+            rows = self._fn(items)
+        else:
+            start = time.perf_counter()
+            try:
+                rows = self._fn(items)
+            finally:
+                self._on_run(time.perf_counter() - start)
         if len(rows) != len(items):
             raise RuntimeError(f"batch function returned {len(rows)} rows for {len(items)} texts")
         return rows
@@ -329,12 +338,13 @@ class BatchedModel:
         settings: BatchSettings = BatchSettings(),
         *,
         on_batch: Callable[[int], None] | None = None,
+        on_run: Callable[[float], None] | None = None,
     ) -> None:
         self._model = model
         encode, run = getattr(model, "encode", None), getattr(model, "run_encoded", None)
         self._encode: Callable[[Sequence[str]], Sequence[Any]] | None = encode if encode and run else None
         self._batcher: MicroBatcher[np.ndarray] = MicroBatcher(run if self._encode else model.logits, settings,
-                                                               on_batch=on_batch)
+                                                               on_batch=on_batch, on_run=on_run)
 
     @property
     def info(self) -> ModelInfo:

@@ -131,6 +131,12 @@ class _Metrics:
         self.batch_size = Histogram(
             "edgekit_batch_size", "Texts per edge model call.", buckets=_BATCH_BUCKETS, registry=registry
         )
+        # Triton's nv_inference_compute_infer_duration_us: its rate is the engine's busy fraction
+        # (1 = saturated: more load only queues), the figure that tells batching or --workers apart
+        self.model_busy = Counter(
+            "edgekit_model_busy_seconds", "Seconds the edge model spent in engine calls (summed over "
+            "--workers); its rate is the share of time the model was busy.", registry=registry,
+        )
         self.cloud_calls = Counter("edgekit_cloud_calls", "Cloud calls by outcome.", ["outcome"], registry=registry)
         self.cloud_skipped = Counter(
             "edgekit_cloud_skipped", "Cloud calls not made although needed.", ["reason"], registry=registry
@@ -245,7 +251,7 @@ class DataPlane:
         self._metrics.watch_queue(lambda: self._queued)
 
     def _generation(self, model: LogitModel, previous: Cascade | None) -> _Generation:
-        batched = BatchedModel(model, self._batching, on_batch=self._observe_batch)
+        batched = BatchedModel(model, self._batching, on_batch=self._observe_batch, on_run=self._observe_run)
         if previous is None:
             cascade = Cascade(batched, self._cloud, self._cascade_settings, on_cloud=self._metrics.cloud_outcome,
                               recorder=self._recorder)
@@ -371,6 +377,9 @@ class DataPlane:
 
     def _observe_batch(self, size: int) -> None:
         defer(self._metrics.batch_size.observe, size)  # the batch's leader observes it after its response
+
+    def _observe_run(self, seconds: float) -> None:
+        defer(self._metrics.model_busy.inc, seconds)
 
     def _count(self, texts: Sequence[str], predictions: list[Prediction], drift: MonitorMetrics | None) -> None:
         """A request's metrics and its texts in the drift window (deferred by :meth:`classify`)."""

@@ -75,6 +75,25 @@ def test_model_info_reports_the_threshold_in_force():
     assert info.threshold == 0.8 and info.name == "fake-edge" and info.labels == ("track_order", "cancel_order", "get_refund")
 
 
+def test_model_busy_seconds_count_the_engine_calls_only():
+    """edgekit_model_busy_seconds_total sums the time in the model's calls (its rate is the model's
+    busy fraction), not the request's time around them."""
+    import time
+
+    class Slow(KeywordModel):
+        def logits(self, texts):
+            time.sleep(0.05)
+            return super().logits(texts)
+
+    dp = plane(model=Slow(), batching=BatchSettings(max_batch_size=8))
+    assert sample(dp, "edgekit_model_busy_seconds_total") == 0.0
+    dp.classify([CONFIDENT[0]])
+    dp.classify([CONFIDENT[0], CONFIDENT[1]])
+    busy = sample(dp, "edgekit_model_busy_seconds_total")
+    assert 0.1 <= busy < 0.5, busy
+    dp.close()
+
+
 def test_metrics_count_requests_routes_batches_and_cloud_calls():
     cloud = FakeCloud(cloud_model().predict)
     dp = plane(cloud=cloud, batching=BatchSettings(max_batch_size=8, max_wait_ms=0))
