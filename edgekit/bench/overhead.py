@@ -15,8 +15,11 @@
 2. **Throughput** at each client count (1, 4, 16, 64 by default) for each server mode: that many
    concurrent callers (``grpc.aio`` coroutines in this process, one channel each) sending one
    text per call for ``seconds``; beside it, the model's own throughput in process at the mean
-   batch size the server formed (read from the server's metrics), and the CPU seconds the client
-   process used (the clients share the machine's cores with the server).
+   batch size the server formed (read from the server's metrics), the share of the cell's time the
+   server's model was busy (``edgekit_model_busy_seconds_total``; ``None`` for a server without
+   it), and the CPU seconds the client process and the server process (with its children, under
+   ``--workers``) used: the clients share the machine's cores with the server, and an engine that
+   is busy all the time but slower than in process was short of a core, not of work.
 
 Server modes: ``default`` (the options ``edgekit serve`` starts with), ``no-batching``
 (``--max-batch-size 1``), ``wait-2ms`` (``--max-wait-ms 2``, the old micro-batching),
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import sys
 import time
@@ -205,6 +209,43 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _process_tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of ``pid`` and its live descendants, from /proc (Linux; None
+    elsewhere). Hand-written: psutil would do it, but it is not among the bench's dependencies."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu s)
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        # after the command: state, ppid, ... utime (field 14) and stime (15), counted from 1
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    if pid not in stats:
+        return None
+    tree, total, grew = {pid}, 0.0, True
+    while grew:
+        grew = False
+        for child, (parent, _) in stats.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    for member in tree:
+        total += stats[member][1]
+    return total
+
+
+def _busy_seconds(server: ServerProcess) -> float | None:
+    """The server's ``edgekit_model_busy_seconds_total`` (None: no metrics, or a server from before
+    the counter, as an older ``--compare`` install may be)."""
+    return server.metric("edgekit_model_busy_seconds_total", missing=None) if server.metrics_url else None
+
+
 def _in_process_rps(model, texts: Sequence[str], batch: int, seconds: float) -> float:
     """The model's own throughput (texts/s) in this process at ``batch`` texts per call."""
     batch = max(1, int(round(batch)))
@@ -259,9 +300,16 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
                 server = servers[name]
                 calls0 = server.metric("edgekit_batch_size_count") if server.metrics_url else 0.0
                 sum0 = server.metric("edgekit_batch_size_sum") if server.metrics_url else 0.0
-                cpu0 = _cpu_seconds()
+                busy0 = _busy_seconds(server)
+                pid = server.proc.pid if server.proc is not None else -1
+                cpu0, server_cpu0, start = _cpu_seconds(), _process_tree_cpu_s(pid), time.perf_counter()
                 row = asyncio.run(_aio_load(server.address, payloads, n, seconds))
-                row.update(mode=name, clients=n, client_cpu_s=round(_cpu_seconds() - cpu0, 2))
+                elapsed, server_cpu1, busy1 = time.perf_counter() - start, _process_tree_cpu_s(pid), _busy_seconds(server)
+                row.update(mode=name, clients=n, client_cpu_s=round(_cpu_seconds() - cpu0, 2),
+                           server_cpu_s=(round(server_cpu1 - server_cpu0, 2)
+                                         if server_cpu0 is not None and server_cpu1 is not None else None),
+                           model_busy=round((busy1 - busy0) / elapsed, 3) if busy0 is not None and busy1 is not None
+                           else None)
                 if server.metrics_url:
                     calls = server.metric("edgekit_batch_size_count") - calls0
                     row["mean_batch"] = round((server.metric("edgekit_batch_size_sum") - sum0) / calls, 2) if calls else None
@@ -288,11 +336,17 @@ def format_overhead_markdown(result: dict[str, Any]) -> str:
                      f"| {name} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | – |")
     lines += ["", f"Throughput, {result['seconds']:g} s per cell, clients in another process (grpc.aio):", "",
               "| mode | clients | requests/s | p50 ms | p99 ms | errors | mean batch | in-process texts/s at that batch | "
-              "server / in-process | client CPU s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "server / in-process | model busy | server CPU s | client CPU s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["load"]:
         ratio = (f"{r['throughput_rps'] / r['in_process_rps_at_batch']:.2f}"
                  if r.get("in_process_rps_at_batch") else "–")
         lines.append(f"| {r['mode']} | {r['clients']} | {r['throughput_rps']:.1f} | {r['latency_ms_p50']} | "
                      f"{r['latency_ms_p99']} | {r['errors']} | {r.get('mean_batch', '–')} | "
-                     f"{r.get('in_process_rps_at_batch', '–')} | {ratio} | {r['client_cpu_s']} |")
+                     f"{r.get('in_process_rps_at_batch', '–')} | {ratio} | {_or_dash(r.get('model_busy'), '.0%')} | "
+                     f"{_or_dash(r.get('server_cpu_s'), '.2f')} | {r['client_cpu_s']} |")
     return "\n".join(lines) + "\n"
+
+
+def _or_dash(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)

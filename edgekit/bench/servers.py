@@ -103,16 +103,18 @@ class ServerProcess:
         metrics = _METRICS.search(text)
         self.metrics_url = metrics.group(1) if metrics else None
 
-    def metric(self, name: str) -> float:
-        """A sample's value summed over its labels, from the server's /metrics (prometheus_client's parser)."""
+    def metric(self, name: str, missing: float | None = 0.0) -> float | None:
+        """A sample's value summed over its labels, from the server's /metrics (prometheus_client's
+        parser); ``missing`` when the server exports no such sample."""
         from prometheus_client.parser import text_string_to_metric_families
 
         if self.metrics_url is None:
             raise EdgekitError(f"the {self.name} server exports no metrics (start it with --metrics-port)")
         with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
             body = response.read().decode()
-        return sum(sample.value for family in text_string_to_metric_families(body)
-                   for sample in family.samples if sample.name == name)
+        values = [sample.value for family in text_string_to_metric_families(body)
+                  for sample in family.samples if sample.name == name]
+        return sum(values) if values else missing
 
     @property
     def running(self) -> bool:

@@ -155,6 +155,7 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
     for row in result["load"]:
         assert row["requests"] > 0 and row["errors"] == 0, row
         assert row["mean_batch"] >= 1
+        assert 0 < row["model_busy"] <= 1.05 and row["server_cpu_s"] > 0, row  # 1.05: two reads, two clocks
     table = format_overhead_markdown(result)
     assert "| bare-model |" in table and "| bare-dataplane |" in table and "| default | 2 |" in table
     assert "| default@here | 2 |" in table
