@@ -127,6 +127,8 @@ class MicroBatcher(Generic[R]):
         self._closed = False
         self._engine: threading.Thread | None = None
         self._engine_sleeps = False
+        self._running = 0  # calls in progress with batching off (see _call_overlapping)
+        self._running_since = 0.0
 
     def submit(self, items: Sequence[Any], deadline: float | None = None) -> R:
         """Run ``fn`` on ``items``, possibly together with other callers' items; block for the rows.
@@ -139,7 +141,7 @@ class MicroBatcher(Generic[R]):
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             _check_deadline(deadline, time.monotonic())
-            return self._call(list(items))
+            return self._call(list(items)) if self._on_run is None else self._call_overlapping(list(items))
         with self._lock:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
@@ -284,10 +286,10 @@ class MicroBatcher(Generic[R]):
                 kept.append(pending)
         self._queue = kept
 
-    def _call(self, items: list[Any]) -> R:
+    def _call(self, items: list[Any], *, timed: bool = True) -> R:
         if self._on_batch is not None:
             self._on_batch(len(items))
-        if self._on_run is None:
+        if self._on_run is None or not timed:
             rows = self._fn(items)
         else:
             start = time.perf_counter()
@@ -298,6 +300,23 @@ class MicroBatcher(Generic[R]):
         if len(rows) != len(items):
             raise RuntimeError(f"batch function returned {len(rows)} rows for {len(items)} texts")
         return rows
+
+    def _call_overlapping(self, items: list[Any]) -> R:
+        """:meth:`_call` for concurrent callers (batching off), telling ``on_run`` the time in which
+        at least one call ran: calls that wait for the engine's lock overlap the one it runs, and
+        summing each call's own time would count the model busy several times over."""
+        with self._lock:
+            self._running += 1
+            if self._running == 1:
+                self._running_since = time.perf_counter()
+        try:
+            return self._call(items, timed=False)
+        finally:
+            with self._lock:
+                self._running -= 1
+                elapsed = time.perf_counter() - self._running_since if not self._running else None
+            if elapsed is not None and self._on_run is not None:
+                self._on_run(elapsed)
 
     def _run_batch(self, batch: list[_Pending]) -> None:
         """Run one batch outside the lock; every caller of it gets its rows or the batch's error."""

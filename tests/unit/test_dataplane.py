@@ -94,6 +94,29 @@ def test_model_busy_seconds_count_the_engine_calls_only():
     dp.close()
 
 
+def test_model_busy_seconds_count_overlapping_calls_once_with_batching_off():
+    """With batching off concurrent requests call the model together (they queue on its lock):
+    the busy time is the time in which any call ran, not the sum of the calls' times. Checked to
+    fail: summed, four overlapping 0.1-s calls count about 0.4 s."""
+    import threading
+    import time
+
+    class Slow(KeywordModel):
+        def logits(self, texts):
+            time.sleep(0.1)
+            return super().logits(texts)
+
+    dp = plane(model=Slow(), batching=BatchSettings(max_batch_size=1))
+    threads = [threading.Thread(target=dp.classify, args=([CONFIDENT[0]],)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    busy = sample(dp, "edgekit_model_busy_seconds_total")
+    assert 0.1 <= busy < 0.3, busy
+    dp.close()
+
+
 def test_metrics_count_requests_routes_batches_and_cloud_calls():
     cloud = FakeCloud(cloud_model().predict)
     dp = plane(cloud=cloud, batching=BatchSettings(max_batch_size=8, max_wait_ms=0))
