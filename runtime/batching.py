@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from edgekit.errors import ConfigError, DeadlineExceeded
+from edgekit.runtime.affinity import pin_thread
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -53,6 +54,8 @@ class BatchSettings:
 
     max_batch_size: int = 8
     max_wait_ms: float = 0.0
+    # the engine thread runs on these CPUs only (serve --engine-cpus; runtime.affinity); None: anywhere
+    engine_cpus: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 0:
@@ -181,6 +184,11 @@ class MicroBatcher(Generic[R]):
             self._work.notify()
 
     def _engine_loop(self) -> None:
+        if self._settings.engine_cpus:
+            try:
+                pin_thread(self._settings.engine_cpus)
+            except OSError as exc:  # checked at start-up (serve); a cpuset changed since must not stop serving
+                log.warning("event=engine_pin_failed cpus=%s error=%r", sorted(self._settings.engine_cpus), exc)
         try:
             self._serve_queue()
         except BaseException as exc:  # a bug here must not leave callers waiting forever

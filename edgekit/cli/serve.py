@@ -277,6 +277,10 @@ def _monitor_settings(ctx: click.Context, given: dict[str, Any]):
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes sharing the port (SO_REUSEPORT), each with --threads engine threads "
                    "(default: cores / workers); /metrics sums them.")
+@click.option("--engine-cpus", metavar="LIST", default=None,
+              help="Linux: run the model's engine thread on these CPUs (such as 1, 2,3 or 2-3) and the "
+                   "server's other threads on the rest, so that under load the engine keeps its cores and "
+                   "caches. Needs micro-batching; --threads defaults to their number. Not with --workers.")
 @_monitor_options
 @_server_options
 def command(
@@ -297,6 +301,7 @@ def command(
     cloud_token_file: Path | None,
     skip_cloud_label_check: bool,
     workers: int,
+    engine_cpus: str | None,
     server: _ServerOptions,
     monitor: Callable[[], MonitorSettings],
 ) -> None:
@@ -312,23 +317,32 @@ def command(
     security = server.security()
     monitoring = monitor()
     if workers > 1:
+        if engine_cpus is not None:
+            from edgekit.errors import ConfigError
+
+            raise ConfigError("--engine-cpus with --workers is not implemented (each worker would need CPUs "
+                              "of its own): pin one server, or run workers unpinned")
         checked = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert,
                                 cloud_tls_key, cloud_token_file)  # bad option pairs fail here, once
         if checked is not None:
             checked.close()
         _serve_workers(click.get_current_context(), workers)
         return
+    engine, threads = _engine_cpus(engine_cpus, threads, server.max_batch_size)
     from edgekit.runtime.cascade import CascadeSettings
 
     cascade = CascadeSettings(threshold=threshold, cloud_timeout_ms=cloud_timeout_ms, on_cloud_error=on_cloud_error,
                               max_cloud_inflight=cloud_max_inflight)
-    batching = server.batching()
+    batching = dataclasses.replace(server.batching(), engine_cpus=engine)
     cloud = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert, cloud_tls_key,
                           cloud_token_file)
     try:
         from edgekit.runtime.model import load_bundle_model
 
-        model = load_bundle_model(bundle, backend=backend, threads=threads)
+        from edgekit.runtime.affinity import pinned
+
+        with pinned(engine):  # an engine's own threads (--threads > 1) start on the engine's CPUs
+            model = load_bundle_model(bundle, backend=backend, threads=threads)
         if cloud is not None and not skip_cloud_label_check:
             _check_cloud_labels(cloud, model.info.labels, cloud_timeout_ms)
     except BaseException:
@@ -341,8 +355,29 @@ def command(
 
     settings = server.settings(port, batching=batching, limits=limits, security=security, cascade=cascade,
                                reuse_port=os.environ.get(REUSE_PORT_ENV) == "1", monitor=monitoring)
-    _serve(model, settings, cloud=cloud, grace_s=server.grace_s,
-           reloader=lambda: load_bundle_model(bundle, backend=backend, threads=threads))
+    def reload() -> LogitModel:
+        with pinned(engine):
+            return load_bundle_model(bundle, backend=backend, threads=threads)
+
+    _serve(model, settings, cloud=cloud, grace_s=server.grace_s, reloader=reload)
+
+
+def _engine_cpus(given: str | None, threads: int | None, max_batch_size: int) -> tuple[frozenset[int] | None, int | None]:
+    """``--engine-cpus``: the engine's CPUs (None without the option) and the engine threads; the
+    calling thread, and every thread the server starts from it, moves to the other CPUs now."""
+    if given is None:
+        return None, threads
+    from edgekit.errors import ConfigError
+    from edgekit.runtime.affinity import parse_cpu_list, pin_thread, split_cpus
+
+    if max_batch_size <= 1:
+        raise ConfigError("--engine-cpus needs micro-batching (--max-batch-size > 1): it pins the batcher's "
+                          "engine thread")
+    engine, rest = split_cpus(parse_cpu_list(given))
+    if threads is not None and threads > len(engine):
+        raise ConfigError(f"--threads {threads} needs as many CPUs in --engine-cpus (it names {len(engine)})")
+    pin_thread(rest)
+    return engine, threads or len(engine)
 
 
 def _check_cloud_labels(cloud: CloudClient, labels: tuple[str, ...], cloud_timeout_ms: float) -> None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from edgekit import __version__
@@ -75,3 +76,24 @@ def test_serve_passes_cloud_max_inflight_to_the_cascade(monkeypatch, converted):
         assert seen.pop("inflight") == expected
     result = CliRunner().invoke(cli, ["serve", str(bundle), "--cloud-max-inflight", "0"])
     assert result.exit_code != 0 and "--cloud-max-inflight" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--engine-cpus", "1", "--workers", "2"], "--engine-cpus with --workers is not implemented"),
+    (["--engine-cpus", "1", "--max-batch-size", "1"], "--engine-cpus needs micro-batching"),
+    (["--engine-cpus", "one"], "'one' is not a CPU list"),
+    (["--engine-cpus", "100000"], "CPU 100000 is not available to this process"),
+])
+def test_serve_refuses_engine_cpus_it_cannot_honour_in_one_line(tmp_path, capsys, args, message):
+    """Checked before any model loads or thread moves (the test's own process stays unpinned)."""
+    import os
+
+    if "not available" in message and not hasattr(os, "sched_setaffinity"):
+        pytest.skip("CPU affinity is Linux-only (elsewhere --engine-cpus is refused as not implemented)")
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", str(tmp_path), "--port", "0", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code != 0 and len(err) == 1 and message in err[0], err
+    if before is not None:
+        assert os.sched_getaffinity(0) == before

@@ -52,6 +52,7 @@ def test_two_workers_share_the_port_and_their_metrics_are_summed(converted):
             body = response.read().decode()
         assert _metric(body, "edgekit_requests_total") == 12  # one count per request, over both workers
         assert _metric(body, "edgekit_batch_size_count") == 12
+        assert _metric(body, "edgekit_model_busy_seconds_total") > 0  # summed over both workers
         assert all(os.path.exists(f"/proc/{pid}") for pid in pids)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
