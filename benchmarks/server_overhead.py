@@ -27,11 +27,14 @@ from edgekit.cli import run_command
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Engine threads.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also measure `edgekit serve --workers N` (0: not).")
+@click.option("--engine-cpus", default=None, metavar="LIST",
+              help="Also measure `edgekit serve --engine-cpus LIST` (the engine thread pinned to LIST, the "
+                   "server's other threads to the other CPUs), as `engine-cpus-LIST`.")
 @click.option("--compare", multiple=True, metavar="NAME=PYTHON",
               help="Also measure the default server of the edgekit another Python runs (e.g. a venv of an older "
                    "commit), as `default@NAME`, side by side in the same run. Repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write results.json and results.md here.")
-def main(bundle, test_file, clients, seconds, rounds, threads, workers, compare, out) -> None:
+def main(bundle, test_file, clients, seconds, rounds, threads, workers, engine_cpus, compare, out) -> None:
     from edgekit.bench.overhead import format_overhead_markdown, run_overhead
     from edgekit.bench.rows import write_figures
     from edgekit.data import load_dataset
@@ -51,7 +54,7 @@ def main(bundle, test_file, clients, seconds, rounds, threads, workers, compare,
         others[name] = python
     texts = list(load_dataset(test_file, label_field=None).texts)
     result = run_overhead(bundle, texts, clients=counts, seconds=seconds, rounds=rounds, threads=threads,
-                          workers=workers, compare=others)
+                          workers=workers, engine_cpus=engine_cpus, compare=others)
     markdown = format_overhead_markdown(result)
     click.echo(markdown)
     if out is not None:

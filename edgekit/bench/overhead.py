@@ -23,7 +23,8 @@
 
 Server modes: ``default`` (the options ``edgekit serve`` starts with), ``no-batching``
 (``--max-batch-size 1``), ``wait-2ms`` (``--max-wait-ms 2``, the old micro-batching),
-``workers-N`` when asked (``--workers N``), and ``default@NAME`` for each ``compare`` entry: the
+``workers-N`` when asked (``--workers N``), ``engine-cpus-LIST`` when asked (``--engine-cpus
+LIST``: the engine thread on those CPUs, the server's other threads on the rest), and ``default@NAME`` for each ``compare`` entry: the
 default server as another Python installs edgekit (a venv of an older commit), so that two
 versions are measured side by side in one run.
 """
@@ -264,9 +265,10 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] = (1, 4, 16, 64),
                  seconds: float = 5.0, rounds: int = 300, threads: int = 1, workers: int = 0,
-                 compare: dict[str, str] | None = None) -> dict[str, Any]:
-    """See the module docstring. ``workers`` > 1 adds a ``workers-N`` server mode; ``compare`` maps a
-    name to a Python executable whose edgekit serves a ``default@name`` mode."""
+                 engine_cpus: str | None = None, compare: dict[str, str] | None = None) -> dict[str, Any]:
+    """See the module docstring. ``workers`` > 1 adds a ``workers-N`` server mode, ``engine_cpus``
+    an ``engine-cpus-LIST`` mode (``serve --engine-cpus LIST``); ``compare`` maps a name to a Python
+    executable whose edgekit serves a ``default@name`` mode."""
     from edgekit.device import device_record
     from edgekit.runtime.model import load_bundle_model
 
@@ -276,6 +278,8 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
     modes = {name: [sys.executable, *serve, *extra] for name, extra in SERVER_MODES.items()}
     if workers > 1:
         modes[f"workers-{workers}"] = [sys.executable, *serve, "--workers", str(workers)]
+    if engine_cpus:
+        modes[f"engine-cpus-{engine_cpus}"] = [sys.executable, *serve, "--engine-cpus", engine_cpus]
     for name, python in (compare or {}).items():
         modes[f"default@{name}"] = [python, *serve]
     servers: dict[str, ServerProcess] = {}
