@@ -14,8 +14,9 @@
    server adds beyond model and transport.
 2. **Throughput** at each client count (1, 4, 16, 64 by default) for each server mode: that many
    concurrent callers (``grpc.aio`` coroutines in this process, one channel each) sending one
-   text per call for ``seconds``; beside it, the model's own throughput in process at the mean
-   batch size the server formed (read from the server's metrics), the share of the cell's time the
+   text per call for ``seconds``, in slices of about 2 s; between two slices, the model's own
+   throughput in process at the mean batch size the server formed so far (read from the server's
+   metrics; 3 s in all per cell, so that the reference and the server see the same machine), the share of the cell's time the
    server's model was busy (``edgekit_model_busy_seconds_total``; ``None`` for a server without
    it), and the CPU seconds the client process and the server process (with its children, under
    ``--workers``) used: the clients share the machine's cores with the server, and an engine that
@@ -170,7 +171,10 @@ def _single_client(model, servers: dict[str, ServerProcess], texts: Sequence[str
     return times
 
 
-async def _aio_load(address: str, payloads: Sequence[bytes], clients: int, seconds: float) -> dict[str, Any]:
+async def _aio_load(address: str, payloads: Sequence[bytes], clients: int, seconds: float,
+                    first: int = 0) -> tuple[list[float], int, float]:
+    """``clients`` concurrent callers for ``seconds``: each call's latency (ms), the errors, the time
+    taken. Caller ``i`` starts at payload ``first + i``."""
     import grpc
 
     channels = [grpc.aio.insecure_channel(address) for _ in range(clients)]
@@ -184,7 +188,7 @@ async def _aio_load(address: str, payloads: Sequence[bytes], clients: int, secon
 
         async def client(i: int) -> None:
             nonlocal errors
-            k = i
+            k = first + i
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
                 try:
@@ -193,16 +197,74 @@ async def _aio_load(address: str, payloads: Sequence[bytes], clients: int, secon
                     errors += 1
                     continue
                 latencies.append((time.perf_counter() - t0) * 1000.0)
-                k += 1
+                k += clients
 
         await asyncio.gather(*(client(i) for i in range(clients)))
         elapsed = time.perf_counter() - start
     finally:
         await asyncio.gather(*(ch.close() for ch in channels))
+    return latencies, errors, elapsed
+
+
+# A throughput cell alternates slices this long under load with slices of the in-process reference:
+# this machine's speed drifts by a third within minutes (RESULTS.md, issue 12, session 11), and a
+# reference measured once after the cell moved the ratio by +-0.15 on its own.
+_SLICE_S = 2.0
+
+
+def _load_cell(model, server: ServerProcess, payloads: Sequence[bytes], texts: Sequence[str], clients: int,
+               seconds: float) -> dict[str, Any]:
+    """One throughput cell: slices of load on ``server`` alternating with slices of the in-process
+    model at the mean batch the server formed so far (when its metrics tell it), summed."""
+    slices = max(1, round(seconds / _SLICE_S))
+    reference_s = min(seconds, 3.0) / slices
+    latencies: list[float] = []
+    errors, load_s, cpu_s, server_cpu_s, busy_s = 0, 0.0, 0.0, 0.0, 0.0
+    has_cpu = has_busy = True
+    ref_texts, ref_s = 0, 0.0
+    pid = server.proc.pid if server.proc is not None else -1
+    calls0 = server.metric("edgekit_batch_size_count") if server.metrics_url else 0.0
+    sum0 = server.metric("edgekit_batch_size_sum") if server.metrics_url else 0.0
+    mean_batch = None
+    for index in range(slices):
+        busy0 = _busy_seconds(server)
+        cpu0, server_cpu0 = _cpu_seconds(), _process_tree_cpu_s(pid)
+        slice_latencies, slice_errors, elapsed = asyncio.run(
+            _aio_load(server.address, payloads, clients, seconds / slices, first=index * clients))
+        server_cpu1, busy1 = _process_tree_cpu_s(pid), _busy_seconds(server)
+        cpu_s += _cpu_seconds() - cpu0
+        latencies += slice_latencies
+        errors += slice_errors
+        load_s += elapsed
+        if server_cpu0 is None or server_cpu1 is None:
+            has_cpu = False
+        else:
+            server_cpu_s += server_cpu1 - server_cpu0
+        if busy0 is None or busy1 is None:
+            has_busy = False
+        else:
+            busy_s += busy1 - busy0
+        if server.metrics_url:
+            calls = server.metric("edgekit_batch_size_count") - calls0
+            mean_batch = round((server.metric("edgekit_batch_size_sum") - sum0) / calls, 2) if calls else None
+            if mean_batch:
+                done, took = _in_process_run(model, texts, mean_batch, reference_s)
+                ref_texts += done
+                ref_s += took
     arr = np.asarray(latencies)
-    return {"requests": int(arr.size), "errors": errors, "throughput_rps": round(arr.size / elapsed, 1),
-            "latency_ms_p50": round(float(np.percentile(arr, 50)), 3) if arr.size else None,
-            "latency_ms_p99": round(float(np.percentile(arr, 99)), 3) if arr.size else None}
+    row: dict[str, Any] = {
+        "requests": int(arr.size), "errors": errors, "throughput_rps": round(arr.size / load_s, 1),
+        "latency_ms_p50": round(float(np.percentile(arr, 50)), 3) if arr.size else None,
+        "latency_ms_p99": round(float(np.percentile(arr, 99)), 3) if arr.size else None,
+        "slices": slices, "client_cpu_s": round(cpu_s, 2),
+        "server_cpu_s": round(server_cpu_s, 2) if has_cpu else None,
+        "model_busy": round(busy_s / load_s, 3) if has_busy else None,
+    }
+    if server.metrics_url:
+        row["mean_batch"] = mean_batch
+        if ref_s:
+            row["in_process_rps_at_batch"] = round(ref_texts / ref_s, 1)
+    return row
 
 
 def _cpu_seconds() -> float:
@@ -247,16 +309,16 @@ def _busy_seconds(server: ServerProcess) -> float | None:
     return server.metric("edgekit_model_busy_seconds_total", missing=None) if server.metrics_url else None
 
 
-def _in_process_rps(model, texts: Sequence[str], batch: int, seconds: float) -> float:
-    """The model's own throughput (texts/s) in this process at ``batch`` texts per call."""
-    batch = max(1, int(round(batch)))
+def _in_process_run(model, texts: Sequence[str], batch: float, seconds: float) -> tuple[int, float]:
+    """The model in this process at ``batch`` texts per call (rounded) for ``seconds``: texts done, time taken."""
+    size = max(1, int(round(batch)))
     done, k, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        chunk = [texts[(k + j) % len(texts)] for j in range(batch)]
+        chunk = [texts[(k + j) % len(texts)] for j in range(size)]
         model.logits(chunk)
-        done += batch
-        k += batch
-    return done / (time.perf_counter() - start)
+        done += size
+        k += size
+    return done, time.perf_counter() - start
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -301,25 +363,8 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
         load = []
         for n in clients:
             for name in modes:
-                server = servers[name]
-                calls0 = server.metric("edgekit_batch_size_count") if server.metrics_url else 0.0
-                sum0 = server.metric("edgekit_batch_size_sum") if server.metrics_url else 0.0
-                busy0 = _busy_seconds(server)
-                pid = server.proc.pid if server.proc is not None else -1
-                cpu0, server_cpu0, start = _cpu_seconds(), _process_tree_cpu_s(pid), time.perf_counter()
-                row = asyncio.run(_aio_load(server.address, payloads, n, seconds))
-                elapsed, server_cpu1, busy1 = time.perf_counter() - start, _process_tree_cpu_s(pid), _busy_seconds(server)
-                row.update(mode=name, clients=n, client_cpu_s=round(_cpu_seconds() - cpu0, 2),
-                           server_cpu_s=(round(server_cpu1 - server_cpu0, 2)
-                                         if server_cpu0 is not None and server_cpu1 is not None else None),
-                           model_busy=round((busy1 - busy0) / elapsed, 3) if busy0 is not None and busy1 is not None
-                           else None)
-                if server.metrics_url:
-                    calls = server.metric("edgekit_batch_size_count") - calls0
-                    row["mean_batch"] = round((server.metric("edgekit_batch_size_sum") - sum0) / calls, 2) if calls else None
-                    if row["mean_batch"]:
-                        row["in_process_rps_at_batch"] = round(_in_process_rps(model, texts, row["mean_batch"],
-                                                                              min(seconds, 3.0)), 1)
+                row = _load_cell(model, servers[name], payloads, texts, n, seconds)
+                row.update(mode=name, clients=n)
                 load.append(row)
     finally:
         for server in servers.values():

@@ -138,10 +138,14 @@ def test_script_prints_the_table_and_writes_the_results(bundle, small_splits, tm
 
 
 @NEEDS_EXPORT
-def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, texts):
+def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, texts, monkeypatch):
     """benchmarks/server_overhead.py's run, shrunk: real server processes, the echo and the bare
-    model and data plane servers beside them, the overhead against model + echo, and throughput per mode."""
+    model and data plane servers beside them, the overhead against model + echo, and throughput per
+    mode, each cell in slices alternating with the in-process reference."""
+    from edgekit.bench import overhead
     from edgekit.bench.overhead import SERVER_MODES, format_overhead_markdown, run_overhead
+
+    monkeypatch.setattr(overhead, "_SLICE_S", 0.1)  # 0.3-s cells: three slices each
 
     result = run_overhead(bundle, texts, clients=(1, 2), seconds=0.3, rounds=10, compare={"here": sys.executable})
     single = result["single_client"]
@@ -154,7 +158,7 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
     assert {(row["mode"], row["clients"]) for row in result["load"]} == {(mode, n) for mode in modes for n in (1, 2)}
     for row in result["load"]:
         assert row["requests"] > 0 and row["errors"] == 0, row
-        assert row["mean_batch"] >= 1
+        assert row["mean_batch"] >= 1 and row["slices"] == 3 and row["in_process_rps_at_batch"] > 0
         assert 0 < row["model_busy"] <= 1.05 and row["server_cpu_s"] > 0, row  # 1.05: two reads, two clocks
     table = format_overhead_markdown(result)
     assert "| bare-model |" in table and "| bare-dataplane |" in table and "| default | 2 |" in table
