@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -60,9 +61,10 @@ def test_the_engine_thread_runs_on_the_engine_cpus_and_pinned_restores_the_calle
         first = pool.submit(batcher.submit, ["first"])
         assert entered.wait(2)
         queued = [pool.submit(batcher.submit, [t]) for t in ("a", "b")]
-        deadline = threading.Event()
-        while batcher.queued() < 2 and not deadline.wait(0.001):
-            pass
+        deadline = time.monotonic() + 2
+        while batcher.queued() < 2:
+            assert time.monotonic() < deadline, "requests did not reach the queue"
+            time.sleep(0.001)
         release.set()
         assert first.result(2) == ["first"] and [f.result(2) for f in queued] == [["a"], ["b"]]
     batcher.close()
