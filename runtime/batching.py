@@ -95,9 +95,9 @@ class MicroBatcher(Generic[R]):
 
     ``fn`` must return one row per input item (a text, or whatever the caller prepared from one).
     ``on_batch`` is told the size of every batch ``fn`` runs on, and ``on_run`` the seconds each
-    call of ``fn`` took (for metrics), with batching on or off. A request that finds the model idle runs in its caller's thread; requests that queue while
-    the model is busy are run, batch after batch, by one engine thread (started on first need),
-    which hands every caller its rows.
+    call of ``fn`` took (for metrics), with batching on or off. A request that finds the model idle
+    runs in its caller's thread; requests that queue while the model is busy are run, batch after
+    batch, by one engine thread (started on first need), which hands every caller its rows.
 
     Why an engine thread, not the first queued caller leading the next batch (this class until
     session 11): under load every batch then started with a thread waking up and winning the GIL

@@ -40,9 +40,6 @@ class TextTokenizer:
                 return found
         return 0
 
-    def lengths(self, texts: Sequence[str]) -> list[int]:
-        return [len(e.ids) for e in self._tok.encode_batch(list(texts))]
-
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's token ids (truncated to ``max_length``), not padded: :meth:`pad` them later."""
         return [e.ids for e in self._tok.encode_batch(list(texts))]

@@ -16,18 +16,19 @@
    concurrent callers (``grpc.aio`` coroutines in this process, one channel each) sending one
    text per call for ``seconds``, in slices of about 2 s; between two slices, the model's own
    throughput in process at the mean batch size the server formed so far (read from the server's
-   metrics; 3 s in all per cell, so that the reference and the server see the same machine), the share of the cell's time the
-   server's model was busy (``edgekit_model_busy_seconds_total``; ``None`` for a server without
-   it), and the CPU seconds the client process and the server process (with its children, under
-   ``--workers``) used: the clients share the machine's cores with the server, and an engine that
-   is busy all the time but slower than in process was short of a core, not of work.
+   metrics; 3 s in all per cell, so that the reference and the server see the same machine); the
+   share of the cell's time the server's model was busy (``edgekit_model_busy_seconds_total``;
+   ``None`` for a server without it); and the CPU seconds the client process and the server
+   process (with its children, under ``--workers``) used: the clients share the machine's cores
+   with the server, and an engine that is busy all the time but slower than in process was short
+   of a core, not of work.
 
 Server modes: ``default`` (the options ``edgekit serve`` starts with), ``no-batching``
 (``--max-batch-size 1``), ``wait-2ms`` (``--max-wait-ms 2``, the old micro-batching),
 ``workers-N`` when asked (``--workers N``), ``engine-cpus-LIST`` when asked (``--engine-cpus
-LIST``: the engine thread on those CPUs, the server's other threads on the rest), and ``default@NAME`` for each ``compare`` entry: the
-default server as another Python installs edgekit (a venv of an older commit), so that two
-versions are measured side by side in one run.
+LIST``: the engine thread on those CPUs, the server's other threads on the rest), and
+``default@NAME`` for each ``compare`` entry: the default server as another Python installs edgekit
+(a venv of an older commit), so that two versions are measured side by side in one run.
 """
 
 from __future__ import annotations

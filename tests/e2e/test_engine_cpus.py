@@ -21,12 +21,12 @@ pytestmark = [
 ]
 
 
-def _affinities(pid: int) -> dict[int, frozenset[int]]:
-    """Each thread of ``pid``: its CPUs (Cpus_allowed_list in /proc)."""
+def _affinities(pid: int) -> dict[int, tuple[str, frozenset[int]]]:
+    """Each thread of ``pid``: its name and its CPUs (Cpus_allowed_list in /proc)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            status = (task / "status").read_text()
+            status, name = (task / "status").read_text(), (task / "comm").read_text().strip()
         except OSError:
             continue  # the thread ended meanwhile
         text = re.search(r"^Cpus_allowed_list:\s*(\S+)$", status, re.M).group(1)
@@ -34,7 +34,7 @@ def _affinities(pid: int) -> dict[int, frozenset[int]]:
         for part in text.split(","):
             first, _, last = part.partition("-")
             cpus.update(range(int(first), int(last or first) + 1))
-        out[int(task.name)] = frozenset(cpus)
+        out[int(task.name)] = (name, frozenset(cpus))
     return out
 
 
@@ -68,13 +68,12 @@ def test_the_engine_runs_on_its_cpus_and_the_rest_of_the_server_elsewhere(conver
             answers = list(pool.map(ask, texts * 4))
         assert answers == expected * 4
         threads = _affinities(proc.pid)
-        assert threads[proc.pid] == allowed - engine  # the main thread, and the threads it started
+        assert threads[proc.pid][1] == allowed - engine  # the main thread, and the threads it started
         # the micro-batcher's engine thread, and threads the engine started while it loaded
-        assert any(cpus == engine for cpus in threads.values()), threads
+        assert any(cpus == engine for _, cpus in threads.values()), threads
         # the gRPC server's threads (named by gRPC's C core) all run on the rest
-        names = {tid: (Path(f"/proc/{proc.pid}/task/{tid}/comm").read_text().strip()) for tid in threads}
-        grpc_threads = [tid for tid, name in names.items() if name != "python"]
-        assert grpc_threads and all(threads[tid] == allowed - engine for tid in grpc_threads), (names, threads)
+        grpc_threads = [cpus for name, cpus in threads.values() if name != "python"]
+        assert grpc_threads and all(cpus == allowed - engine for cpus in grpc_threads), threads
     finally:
         proc.terminate()
         proc.wait(30)
