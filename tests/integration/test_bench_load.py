@@ -180,3 +180,29 @@ def test_the_request_path_benchmark_times_every_layer(bundle, texts):
                if name not in ("model", "bookkeeping"))
     table = format_request_path_markdown(result)
     assert "| servicer |" in table and "| bookkeeping |" in table
+
+
+@NEEDS_EXPORT
+def test_the_request_layers_benchmark_times_each_layer_inside_the_servers(bundle, small_splits, tmp_path):
+    """benchmarks/request_layers.py, shrunk: real servers with the layer hooks, every call's layers
+    nested (own time within the layer's time), edgekit's layers absent from the bare server."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "request_layers.py"), str(bundle),
+                           "--test", str(small_splits["test"]), "--rounds", "10", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    assert list(result["client_p50_ms"]) == ["in-process", "grpc-echo", "bare-model", "edgekit serve"]
+    layers = {row["layer"]: row for row in result["layers"]}
+    assert result["layers"][0]["layer"] == "grpc: worker runs the call"  # the outermost first
+    for name in ("grpc: handler call", "grpc: response sent", "servicer: Classify", "data plane: classify",
+                 "cascade: classify", "batcher: submit", "model: tokenize", "model: run", "onnxruntime: run"):
+        assert layers[name]["edgekit serve"] is not None, name
+    assert layers["servicer: Classify"]["bare-model"] is None and layers["model: logits"]["bare-model"] is not None
+    for row in result["layers"]:
+        for figures in (row["edgekit serve"], row["bare-model"]):
+            if figures is not None:
+                assert 0 < figures["own_us"] <= figures["us"], row
+    assert layers["onnxruntime: run"]["edgekit serve"]["own_us"] == layers["onnxruntime: run"]["edgekit serve"]["us"]
+    assert all(value > 0 for value in result["handler_python_us"].values())
+    assert (out / "results.md").read_text() == done.stdout
