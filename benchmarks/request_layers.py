@@ -3,9 +3,12 @@
     python benchmarks/request_layers.py BUNDLE --test E.jsonl [--rounds 1000]
         [--python OTHER/bin/python] [--serve-arg=--max-batch-size=1 ...] [--out DIR]
 
-Starts ``edgekit serve BUNDLE --threads 1`` (from ``--python``'s install) and the overhead
-benchmark's bare model server (Python gRPC + the same model, nothing of edgekit's), both with
-``benchmarks/engine_timeline/sitecustomize.py`` timing each layer of every call
+Starts ``edgekit serve BUNDLE --threads 1`` (from ``--python``'s install), the overhead
+benchmark's bare model server (Python gRPC + the same model, nothing of edgekit's) and a
+``fused-minimum`` server (the same bare server answering what edgekit's Classify answers for a
+confident text, with the same validation and admission, written as one function: no layers, no
+batcher, routing or bookkeeping; the floor any restructuring of edgekit's Python could reach), all
+three with ``benchmarks/engine_timeline/sitecustomize.py`` timing each layer of every call
 (``EDGEKIT_LAYERS``), and the bare gRPC echo; calls them one text at a time, interleaved with the
 in-process model as ``benchmarks/server_overhead.py`` does (so every call runs on the caches the
 others left), and prints, per layer, the median time and *own* time per call (less its timed
@@ -28,6 +31,51 @@ import click
 import numpy as np
 
 from edgekit.cli import run_command
+
+# request_path.py's "fused minimum" as a server: one handler, no layers; answers as edgekit's Classify
+# does for a confident text (label, score, route, edge score, latency, model, top-1)
+FUSED_MINIMUM_SCRIPT = r"""
+import math, sys, time, grpc
+from edgekit.runtime.dataplane import DataPlane
+from edgekit.runtime.grpc import edgekit_pb2 as ek
+from edgekit.runtime.grpc.pool import LifoPool
+from edgekit.runtime.model import load_bundle_model
+model = load_bundle_model(sys.argv[1], threads=int(sys.argv[2]))
+dataplane = DataPlane(model)  # its validation and admission only
+dataplane.warm_up()
+info = model.info
+inv_t, labels, edge = 1.0 / info.temperature, info.labels, ek.ROUTE_EDGE
+def classify(request, context):
+    texts = list(request.texts)
+    dataplane.validate(texts)
+    generation = dataplane._admit(len(texts))
+    try:
+        start = time.perf_counter()
+        row = model.logits(texts)[0].tolist()
+        top = max(row)
+        total = 0.0
+        for x in row:
+            total += math.exp((x - top) * inv_t)
+        score = 1.0 / total
+        latency_ms = (time.perf_counter() - start) * 1e3
+    finally:
+        dataplane._release(len(texts), generation)
+    label = labels[row.index(top)]
+    response = ek.ClassifyResponse(request_id=request.request_id)
+    pb = response.predictions.add(label=label, score=score, route=edge, edge_score=score, latency_ms=latency_ms,
+                                  model_name=info.name, model_version=info.version)
+    pb.top_k.add(label=label, score=score)
+    return response
+handler = grpc.method_handlers_generic_handler("edgekit.v1.EdgeClassifier", {
+    "Classify": grpc.unary_unary_rpc_method_handler(classify, request_deserializer=ek.ClassifyRequest.FromString,
+                                                    response_serializer=ek.ClassifyResponse.SerializeToString)})
+server = grpc.server(LifoPool(max_workers=16))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(f"serving fused-minimum (grpc + one handler) on 127.0.0.1:{port}", flush=True)
+server.wait_for_termination()
+"""
 
 _WARMUP_CALLS = 20  # the interleaved benchmark's warm-up rounds, one call each
 _HANDLER, _TOKENIZE, _ENGINE = "grpc: handler call", "model: tokenize", "onnxruntime: run"
@@ -105,8 +153,10 @@ def main(bundle, test_file, rounds, python, serve_args, out) -> None:
     model = load_bundle_model(bundle, threads=1)
     servers: dict[str, ServerProcess] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"bare-model": Path(tmp) / "bare.json", "edgekit serve": Path(tmp) / "serve.json"}
+        files = {name: Path(tmp) / f"{name.replace(' ', '-')}.json"
+                 for name in ("bare-model", "fused-minimum", "edgekit serve")}
         argv = {"bare-model": [sys.executable, "-c", BARE_MODEL_SCRIPT, str(bundle), "1"],
+                "fused-minimum": [sys.executable, "-c", FUSED_MINIMUM_SCRIPT, str(bundle), "1"],
                 "edgekit serve": [python, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", "1",
                                   *serve_args]}
         try:

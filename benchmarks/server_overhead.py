@@ -1,7 +1,8 @@
 """What `edgekit serve` costs beyond its model (issue 12): one-client overhead and throughput under load.
 
 usage: .venv/bin/python benchmarks/server_overhead.py BUNDLE --test E.jsonl [--clients 1,4,16,64]
-           [--seconds 5] [--rounds 300] [--threads 1] [--workers 2] [--compare NAME=PYTHON ...] [--out DIR]
+           [--seconds 5] [--rounds 300] [--blocks 1] [--threads 1] [--workers 2] [--compare NAME=PYTHON ...]
+           [--out DIR]
 
 Every server is a real `edgekit serve` process; the clients run in this process (see
 edgekit/bench/overhead.py for what each figure means). Run it on an idle machine.
@@ -24,6 +25,9 @@ from edgekit.cli import run_command
 @click.option("--seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True, help="Per throughput cell.")
 @click.option("--rounds", type=click.IntRange(min=10), default=300, show_default=True,
               help="Interleaved one-client rounds.")
+@click.option("--blocks", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Repeat the one-client measurement this many times (--rounds each) and list each block's "
+                   "overheads: the spread one run hides.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Engine threads.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also measure `edgekit serve --workers N` (0: not).")
@@ -34,7 +38,7 @@ from edgekit.cli import run_command
               help="Also measure the default server of the edgekit another Python runs (e.g. a venv of an older "
                    "commit), as `default@NAME`, side by side in the same run. Repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write results.json and results.md here.")
-def main(bundle, test_file, clients, seconds, rounds, threads, workers, engine_cpus, compare, out) -> None:
+def main(bundle, test_file, clients, seconds, rounds, blocks, threads, workers, engine_cpus, compare, out) -> None:
     from edgekit.bench.overhead import format_overhead_markdown, run_overhead
     from edgekit.bench.rows import write_figures
     from edgekit.data import load_dataset
@@ -54,7 +58,7 @@ def main(bundle, test_file, clients, seconds, rounds, threads, workers, engine_c
         others[name] = python
     texts = list(load_dataset(test_file, label_field=None).texts)
     result = run_overhead(bundle, texts, clients=counts, seconds=seconds, rounds=rounds, threads=threads,
-                          workers=workers, engine_cpus=engine_cpus, compare=others)
+                          workers=workers, engine_cpus=engine_cpus, compare=others, blocks=blocks)
     markdown = format_overhead_markdown(result)
     click.echo(markdown)
     if out is not None:

@@ -11,7 +11,10 @@
    server: what Python gRPC itself adds around a model), the same with edgekit's data plane as its
    handler (``bare-dataplane``: what edgekit's request path adds, without the server around it),
    and each server mode (``Classify`` with ``allow_cloud=False``). ``overhead_ms`` = server p50 − in-process p50 − echo p50: what the
-   server adds beyond model and transport.
+   server adds beyond model and transport. With ``blocks`` > 1 the interleaved measurement is
+   repeated that many times on the same servers and each block's overheads are listed
+   (``single_client_blocks``): on a shared machine one block's figure moves by a tenth of a
+   millisecond from one minute to the next, and one number hides that.
 2. **Throughput** at each client count (1, 4, 16, 64 by default) for each server mode: that many
    concurrent callers (``grpc.aio`` coroutines in this process, one channel each) sending one
    text per call for ``seconds``, in slices of about 2 s; between two slices, the model's own
@@ -328,7 +331,8 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] = (1, 4, 16, 64),
                  seconds: float = 5.0, rounds: int = 300, threads: int = 1, workers: int = 0,
-                 engine_cpus: str | None = None, compare: dict[str, str] | None = None) -> dict[str, Any]:
+                 engine_cpus: str | None = None, compare: dict[str, str] | None = None,
+                 blocks: int = 1) -> dict[str, Any]:
     """See the module docstring. ``workers`` > 1 adds a ``workers-N`` server mode, ``engine_cpus``
     an ``engine-cpus-LIST`` mode (``serve --engine-cpus LIST``); ``compare`` maps a name to a Python
     executable whose edgekit serves a ``default@name`` mode."""
@@ -355,11 +359,15 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
             [sys.executable, "-c", BARE_DATAPLANE_SCRIPT, str(bundle), str(threads)], name="bare-dataplane").start()
         for name, argv in modes.items():
             servers[name] = ServerProcess(argv, name=name).start()
-        times = _single_client(model, servers, texts, rounds)
-        single = {name: {"p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)} for name, t in times.items()}
-        floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]
-        for name in ("bare-model", "bare-dataplane", *modes):
-            single[name]["overhead_ms"] = round(single[name]["p50_ms"] - floor, 3)
+        per_block = []
+        for _ in range(max(1, blocks)):
+            times = _single_client(model, servers, texts, rounds)
+            block = {name: {"p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)} for name, t in times.items()}
+            floor = block["in-process"]["p50_ms"] + block["grpc-echo"]["p50_ms"]
+            for name in ("bare-model", "bare-dataplane", *modes):
+                block[name]["overhead_ms"] = round(block[name]["p50_ms"] - floor, 3)
+            per_block.append(block)
+        single = per_block[0]
         payloads = [_request_bytes(t) for t in texts]
         load = []
         for n in clients:
@@ -372,7 +380,9 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
             server.stop()
         model.close()
     return {"device": device_record(), "bundle": str(bundle), "threads": threads, "seconds": seconds,
-            "rounds": rounds, "single_client": single, "load": load}
+            "rounds": rounds, "single_client": single, "load": load,
+            "single_client_blocks": [{name: row["overhead_ms"] for name, row in block.items() if "overhead_ms" in row}
+                                     for block in per_block]}
 
 
 def format_overhead_markdown(result: dict[str, Any]) -> str:
@@ -384,6 +394,15 @@ def format_overhead_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | "
                      f"{row['overhead_ms']:.3f} |" if "overhead_ms" in row else
                      f"| {name} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | – |")
+    blocks = result.get("single_client_blocks") or []
+    if len(blocks) > 1:
+        names = list(blocks[0])
+        lines += ["", f"Overhead ms in each of {len(blocks)} blocks of {result['rounds']} interleaved rounds (the table "
+                  "above is the first):", "", "| block | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for i, block in enumerate(blocks, 1):
+            lines.append(f"| {i} | " + " | ".join(f"{block[name]:.3f}" for name in names) + " |")
+        lines.append("| median | " + " | ".join(f"{float(np.median([b[name] for b in blocks])):.3f}" for name in names)
+                     + " |")
     lines += ["", f"Throughput, {result['seconds']:g} s per cell, clients in another process (grpc.aio):", "",
               "| mode | clients | requests/s | p50 ms | p99 ms | errors | mean batch | in-process texts/s at that batch | "
               "server / in-process | model busy | server CPU s | client CPU s |",

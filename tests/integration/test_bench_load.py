@@ -147,7 +147,8 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
 
     monkeypatch.setattr(overhead, "_SLICE_S", 0.1)  # 0.3-s cells: three slices each
 
-    result = run_overhead(bundle, texts, clients=(1, 2), seconds=0.3, rounds=10, compare={"here": sys.executable})
+    result = run_overhead(bundle, texts, clients=(1, 2), seconds=0.3, rounds=10, compare={"here": sys.executable},
+                          blocks=2)
     single = result["single_client"]
     modes = [*SERVER_MODES, "default@here"]  # another install's default server, side by side (here: this one)
     assert list(single) == ["in-process", "grpc-echo", "bare-model", "bare-dataplane", *modes]
@@ -160,8 +161,13 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
         assert row["requests"] > 0 and row["errors"] == 0, row
         assert row["mean_batch"] >= 1 and row["slices"] == 3 and row["in_process_rps_at_batch"] > 0
         assert 0 < row["model_busy"] <= 1.05 and row["server_cpu_s"] > 0, row  # 1.05: two reads, two clocks
+    blocks = result["single_client_blocks"]  # the one-client measurement twice, each block's overheads
+    servers = ("bare-model", "bare-dataplane", *modes)
+    assert len(blocks) == 2 and blocks[0] == {name: single[name]["overhead_ms"] for name in servers}
+    assert list(blocks[1]) == list(blocks[0])
     table = format_overhead_markdown(result)
     assert "| bare-model |" in table and "| bare-dataplane |" in table and "| default | 2 |" in table
+    assert "Overhead ms in each of 2 blocks" in table and "| median |" in table
     assert "| default@here | 2 |" in table
 
 
@@ -192,15 +198,17 @@ def test_the_request_layers_benchmark_times_each_layer_inside_the_servers(bundle
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
-    assert list(result["client_p50_ms"]) == ["in-process", "grpc-echo", "bare-model", "edgekit serve"]
+    assert list(result["client_p50_ms"]) == ["in-process", "grpc-echo", "bare-model", "fused-minimum", "edgekit serve"]
     layers = {row["layer"]: row for row in result["layers"]}
     assert result["layers"][0]["layer"] == "grpc: worker runs the call"  # the outermost first
     for name in ("grpc: handler call", "grpc: response sent", "servicer: Classify", "data plane: classify",
                  "cascade: classify", "batcher: submit", "model: tokenize", "model: run", "onnxruntime: run"):
         assert layers[name]["edgekit serve"] is not None, name
     assert layers["servicer: Classify"]["bare-model"] is None and layers["model: logits"]["bare-model"] is not None
+    fused = {name for name, row in layers.items() if row["fused-minimum"] is not None}
+    assert "data plane: validate" in fused and "cascade: classify" not in fused
     for row in result["layers"]:
-        for figures in (row["edgekit serve"], row["bare-model"]):
+        for figures in (row["edgekit serve"], row["bare-model"], row["fused-minimum"]):
             if figures is not None:
                 assert 0 < figures["own_us"] <= figures["us"], row
     assert layers["onnxruntime: run"]["edgekit serve"]["own_us"] == layers["onnxruntime: run"]["edgekit serve"]["us"]
