@@ -32,10 +32,10 @@ import numpy as np
 
 from edgekit.cli import run_command
 
-# request_path.py's "fused minimum" as a server: one handler, no layers; answers as edgekit's Classify
-# does for a confident text (label, score, route, edge score, latency, model, top-1)
+# request_path.py's "fused minimum" as a server: one handler, no layers (fused_minimum_handler)
 FUSED_MINIMUM_SCRIPT = r"""
-import math, sys, time, grpc
+import sys, grpc
+from edgekit.bench.request_path import fused_minimum_handler
 from edgekit.runtime.dataplane import DataPlane
 from edgekit.runtime.grpc import edgekit_pb2 as ek
 from edgekit.runtime.grpc.pool import LifoPool
@@ -43,31 +43,9 @@ from edgekit.runtime.model import load_bundle_model
 model = load_bundle_model(sys.argv[1], threads=int(sys.argv[2]))
 dataplane = DataPlane(model)  # its validation and admission only
 dataplane.warm_up()
-info = model.info
-inv_t, labels, edge = 1.0 / info.temperature, info.labels, ek.ROUTE_EDGE
-def classify(request, context):
-    texts = list(request.texts)
-    dataplane.validate(texts)
-    generation = dataplane._admit(len(texts))
-    try:
-        start = time.perf_counter()
-        row = model.logits(texts)[0].tolist()
-        top = max(row)
-        total = 0.0
-        for x in row:
-            total += math.exp((x - top) * inv_t)
-        score = 1.0 / total
-        latency_ms = (time.perf_counter() - start) * 1e3
-    finally:
-        dataplane._release(len(texts), generation)
-    label = labels[row.index(top)]
-    response = ek.ClassifyResponse(request_id=request.request_id)
-    pb = response.predictions.add(label=label, score=score, route=edge, edge_score=score, latency_ms=latency_ms,
-                                  model_name=info.name, model_version=info.version)
-    pb.top_k.add(label=label, score=score)
-    return response
 handler = grpc.method_handlers_generic_handler("edgekit.v1.EdgeClassifier", {
-    "Classify": grpc.unary_unary_rpc_method_handler(classify, request_deserializer=ek.ClassifyRequest.FromString,
+    "Classify": grpc.unary_unary_rpc_method_handler(fused_minimum_handler(model, dataplane),
+                                                    request_deserializer=ek.ClassifyRequest.FromString,
                                                     response_serializer=ek.ClassifyResponse.SerializeToString)})
 server = grpc.server(LifoPool(max_workers=16))
 server.add_generic_rpc_handlers((handler,))

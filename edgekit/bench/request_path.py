@@ -41,7 +41,7 @@ import numpy as np
 
 from edgekit.errors import ConfigError
 
-__all__ = ["format_request_path_markdown", "run_request_path"]
+__all__ = ["format_request_path_markdown", "fused_minimum_handler", "run_request_path"]
 
 
 class _Context:
@@ -49,6 +49,40 @@ class _Context:
 
     def time_remaining(self) -> float:
         return 30.0
+
+
+def fused_minimum_handler(model: Any, dataplane: Any) -> Callable[[Any, Any], Any]:
+    """The least edgekit's Classify must do for one confident text, as one gRPC handler
+    (``handler(request, context) -> ClassifyResponse``) with no layers: ``dataplane``'s validation
+    and admission, ``model``'s logits, softmax(logits / T) for the top label, the full answer (route,
+    scores, latency, model, top-1). Not the served path (no batcher, routing, options or
+    bookkeeping): the floor for the request path, here and in ``benchmarks/request_layers.py``'s
+    ``fused-minimum`` server."""
+    from edgekit.runtime.grpc import edgekit_pb2 as ek
+
+    info = model.info
+    inv_t, labels, edge = 1.0 / info.temperature, info.labels, ek.ROUTE_EDGE
+
+    def handler(request: Any, context: Any) -> Any:
+        texts = list(request.texts)
+        dataplane.validate(texts)
+        generation = dataplane._admit(len(texts))
+        try:
+            start = time.perf_counter()
+            row = model.logits(texts)[0].tolist()
+            top = max(row)
+            score = 1.0 / math.fsum([math.exp((x - top) * inv_t) for x in row])
+            latency_ms = (time.perf_counter() - start) * 1e3
+        finally:
+            dataplane._release(len(texts), generation)
+        label = labels[row.index(top)]
+        response = ek.ClassifyResponse(request_id=request.request_id)
+        pb = response.predictions.add(label=label, score=score, route=edge, edge_score=score, latency_ms=latency_ms,
+                                      model_name=info.name, model_version=info.version)
+        pb.top_k.add(label=label, score=score)
+        return response
+
+    return handler
 
 
 def run_request_path(bundle: Path, texts: Sequence[str], *, rounds: int = 1000, threads: int = 1) -> dict[str, Any]:
@@ -82,28 +116,10 @@ def run_request_path(bundle: Path, texts: Sequence[str], *, rounds: int = 1000, 
         j = int(row.argmax())
         ek.ClassifyResponse(predictions=[ek.Prediction(label=info.labels[j], score=float(row[j]))]).SerializeToString()
 
-    inv_t, edge = 1.0 / info.temperature, ek.ROUTE_EDGE
+    fused_handler = fused_minimum_handler(model, dataplane)
 
     def fused_minimum(text: str) -> bytes:
-        request = requests[text]
-        texts_ = list(request.texts)
-        dataplane.validate(texts_)
-        generation = dataplane._admit(1)
-        try:
-            start = time.perf_counter()
-            row = model.logits(texts_)[0].tolist()
-            top = max(row)
-            j = row.index(top)
-            score = 1.0 / math.fsum([math.exp((x - top) * inv_t) for x in row])
-            latency_ms = (time.perf_counter() - start) * 1e3
-        finally:
-            dataplane._release(1, generation)
-        response = ek.ClassifyResponse(request_id=request.request_id)
-        label = info.labels[j]
-        pb = response.predictions.add(label=label, score=score, route=edge, edge_score=score, latency_ms=latency_ms,
-                                      model_name=info.name, model_version=info.version)
-        pb.top_k.add(label=label, score=score)
-        return response.SerializeToString()
+        return fused_handler(requests[text], context).SerializeToString()
 
     def through_servicer(text: str) -> float:
         deferred.start_call()
