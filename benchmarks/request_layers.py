@@ -33,7 +33,10 @@ import numpy as np
 from edgekit.cli import run_command
 
 # request_path.py's "fused minimum" as a server: one handler, no layers (fused_minimum_handler)
-FUSED_MINIMUM_SCRIPT = r"""
+def _fused_minimum_script() -> str:
+    from edgekit.bench.overhead import server_script
+
+    return server_script("""
 import sys, grpc
 from edgekit.bench.request_path import fused_minimum_handler
 from edgekit.runtime.dataplane import DataPlane
@@ -43,17 +46,7 @@ from edgekit.runtime.model import load_bundle_model
 model = load_bundle_model(sys.argv[1], threads=int(sys.argv[2]))
 dataplane = DataPlane(model)  # its validation and admission only
 dataplane.warm_up()
-handler = grpc.method_handlers_generic_handler("edgekit.v1.EdgeClassifier", {
-    "Classify": grpc.unary_unary_rpc_method_handler(fused_minimum_handler(model, dataplane),
-                                                    request_deserializer=ek.ClassifyRequest.FromString,
-                                                    response_serializer=ek.ClassifyResponse.SerializeToString)})
-server = grpc.server(LifoPool(max_workers=16))
-server.add_generic_rpc_handlers((handler,))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-print(f"serving fused-minimum (grpc + one handler) on 127.0.0.1:{port}", flush=True)
-server.wait_for_termination()
-"""
+""", "fused_minimum_handler(model, dataplane)", "fused-minimum (grpc + one handler)")
 
 _WARMUP_CALLS = 20  # the interleaved benchmark's warm-up rounds, one call each
 _HANDLER, _TOKENIZE, _ENGINE = "grpc: handler call", "model: tokenize", "onnxruntime: run"
@@ -134,7 +127,7 @@ def main(bundle, test_file, rounds, python, serve_args, out) -> None:
         files = {name: Path(tmp) / f"{name.replace(' ', '-')}.json"
                  for name in ("bare-model", "fused-minimum", "edgekit serve")}
         argv = {"bare-model": [sys.executable, "-c", BARE_MODEL_SCRIPT, str(bundle), "1"],
-                "fused-minimum": [sys.executable, "-c", FUSED_MINIMUM_SCRIPT, str(bundle), "1"],
+                "fused-minimum": [sys.executable, "-c", _fused_minimum_script(), str(bundle), "1"],
                 "edgekit serve": [python, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", "1",
                                   *serve_args]}
         try:

@@ -51,7 +51,8 @@ import numpy as np
 from edgekit.bench.servers import ServerProcess
 from edgekit.errors import ConfigError
 
-__all__ = ["BARE_DATAPLANE_SCRIPT", "BARE_MODEL_SCRIPT", "ECHO_SCRIPT", "SERVER_MODES", "format_overhead_markdown", "run_overhead"]
+__all__ = ["BARE_DATAPLANE_SCRIPT", "BARE_MODEL_SCRIPT", "ECHO_SCRIPT", "SERVER_MODES", "format_overhead_markdown",
+           "run_overhead", "server_script"]
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +62,47 @@ SERVER_MODES = {
     "wait-2ms": ["--max-wait-ms", "2"],
 }
 
+_SERVER_TAIL = """
+handler = grpc.method_handlers_generic_handler("edgekit.v1.EdgeClassifier", {{
+    "Classify": grpc.unary_unary_rpc_method_handler({handler}, request_deserializer={parse},
+                                                    response_serializer={serialize})}})
+server = grpc.server({pool})
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+{after_start}
+print(f"serving {title} on 127.0.0.1:{{port}}", flush=True)
+server.wait_for_termination()
+"""
+
+
+def server_script(setup: str, handler: str, title: str, *, pool: str = "LifoPool(max_workers=16)",
+                  raw: bool = False, after_start: str = "") -> str:
+    """A bare gRPC server for ``python -c``: ``setup`` (imports, the model, ``handler``'s definition),
+    then ``handler`` (an expression) as edgekit.v1.EdgeClassifier/Classify on ``pool``, listening on a
+    free port of 127.0.0.1 and printing the ready line :class:`ServerProcess` waits for (``serving
+    TITLE on HOST:PORT``); ``raw``: bytes in and out, no protobuf."""
+    return setup.strip("\n") + _SERVER_TAIL.format(
+        handler=handler, pool=pool, title=title, after_start=after_start,
+        parse="None" if raw else "ek.ClassifyRequest.FromString",
+        serialize="None" if raw else "ek.ClassifyResponse.SerializeToString")
+
+
 # The transport's floor: a generic unary handler that answers with the request's own bytes, in a
 # process of its own (hand-written because no library ships a bare echo service; it is 15 lines).
-ECHO_SCRIPT = r"""
+ECHO_SCRIPT = server_script("""
 import sys, grpc
 from concurrent import futures
 def echo(request, context):
     return request
-handler = grpc.method_handlers_generic_handler("edgekit.v1.EdgeClassifier", {
-    "Classify": grpc.unary_unary_rpc_method_handler(echo, request_deserializer=None, response_serializer=None)})
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-server.add_generic_rpc_handlers((handler,))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-print(f"serving echo (bare gRPC) on 127.0.0.1:{port}", flush=True)
-server.wait_for_termination()
-"""
+""", "echo", "echo (bare gRPC)", pool="futures.ThreadPoolExecutor(max_workers=16)", raw=True)
 
 
 # What any Python gRPC server running this model costs, with nothing of edgekit's server: one
 # generic handler (its own process, one worker thread) that parses the request, calls the same
 # bundle model as the in-process row and answers the top label. The gap between it and
 # ``edgekit serve`` is edgekit's request path; the gap between it and model + echo is Python gRPC's.
-BARE_MODEL_SCRIPT = r"""
+BARE_MODEL_SCRIPT = server_script("""
 import sys, grpc
 from concurrent import futures
 from edgekit.runtime.grpc import edgekit_pb2 as ek
@@ -94,17 +113,8 @@ def classify(request, context):
     row = model.logits(list(request.texts))[0]
     j = int(row.argmax())
     return ek.ClassifyResponse(predictions=[ek.Prediction(label=labels[j], score=float(row[j]))])
-handler = grpc.method_handlers_generic_handler("edgekit.v1.EdgeClassifier", {
-    "Classify": grpc.unary_unary_rpc_method_handler(classify, request_deserializer=ek.ClassifyRequest.FromString,
-                                                    response_serializer=ek.ClassifyResponse.SerializeToString)})
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-server.add_generic_rpc_handlers((handler,))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-model.logits(["warm up"])
-print(f"serving bare-model (grpc + model only) on 127.0.0.1:{port}", flush=True)
-server.wait_for_termination()
-"""
+""", "classify", "bare-model (grpc + model only)", pool="futures.ThreadPoolExecutor(max_workers=1)",
+    after_start='model.logits(["warm up"])')
 
 
 # The same bare server with edgekit's request path in it: the handler is edgekit's Classify servicer
@@ -113,7 +123,7 @@ server.wait_for_termination()
 # without the rest of ``edgekit serve``: no interceptors, health, reflection, admin or metrics HTTP.
 # bare-model -> bare-dataplane is what the data plane's Python costs; bare-dataplane -> default is
 # the server around it.
-BARE_DATAPLANE_SCRIPT = r"""
+BARE_DATAPLANE_SCRIPT = server_script("""
 import sys, grpc
 from edgekit.runtime.dataplane import DataPlane
 from edgekit.runtime.grpc import edgekit_pb2 as ek
@@ -122,17 +132,7 @@ from edgekit.runtime.grpc.servicers import EdgeClassifierServicer
 from edgekit.runtime.model import load_bundle_model
 dataplane = DataPlane(load_bundle_model(sys.argv[1], threads=int(sys.argv[2])))
 dataplane.warm_up()
-handler = grpc.method_handlers_generic_handler("edgekit.v1.EdgeClassifier", {
-    "Classify": grpc.unary_unary_rpc_method_handler(EdgeClassifierServicer(dataplane).Classify,
-                                                    request_deserializer=ek.ClassifyRequest.FromString,
-                                                    response_serializer=ek.ClassifyResponse.SerializeToString)})
-server = grpc.server(LifoPool(max_workers=16))
-server.add_generic_rpc_handlers((handler,))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-print(f"serving bare-dataplane (grpc + edgekit's data plane) on 127.0.0.1:{port}", flush=True)
-server.wait_for_termination()
-"""
+""", "EdgeClassifierServicer(dataplane).Classify", "bare-dataplane (grpc + edgekit's data plane)")
 
 
 def _request_bytes(text: str) -> bytes:
