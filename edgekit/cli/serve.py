@@ -337,9 +337,8 @@ def command(
     cloud = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert, cloud_tls_key,
                           cloud_token_file)
     try:
-        from edgekit.runtime.model import load_bundle_model
-
         from edgekit.runtime.affinity import pinned
+        from edgekit.runtime.model import load_bundle_model
 
         with pinned(engine):  # an engine's own threads (--threads > 1) start on the engine's CPUs
             model = load_bundle_model(bundle, backend=backend, threads=threads)
@@ -355,6 +354,7 @@ def command(
 
     settings = server.settings(port, batching=batching, limits=limits, security=security, cascade=cascade,
                                reuse_port=os.environ.get(REUSE_PORT_ENV) == "1", monitor=monitoring)
+
     def reload() -> LogitModel:
         with pinned(engine):
             return load_bundle_model(bundle, backend=backend, threads=threads)
