@@ -165,9 +165,11 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
     servers = ("bare-model", "bare-dataplane", *modes)
     assert len(blocks) == 2 and blocks[0] == {name: single[name]["overhead_ms"] for name in servers}
     assert list(blocks[1]) == list(blocks[0])
+    steal = result["single_client_steal_pct"]  # per block: is the host idle? (None off Linux)
+    assert len(steal) == 2 and all(s is None or 0 <= s <= 100 for s in steal)
     table = format_overhead_markdown(result)
     assert "| bare-model |" in table and "| bare-dataplane |" in table and "| default | 2 |" in table
-    assert "Overhead ms in each of 2 blocks" in table and "| median |" in table
+    assert "Overhead ms in each of 2 blocks" in table and "| median |" in table and "host steal %" in table
     assert "| default@here | 2 |" in table
 
 

@@ -30,3 +30,26 @@ def test_a_line_that_only_mentions_serving_is_not_ready():
 def test_the_metrics_line_gives_the_url(line):
     match = _METRICS.search(f"serving x (y) on 127.0.0.1:1\n{line}\n")
     assert match is not None and match.group(1) == line.split()[2]
+
+
+def test_host_steal_is_the_share_of_wanted_cpu_time_given_to_other_guests():
+    from edgekit.bench.overhead import steal_pct
+
+    before = [100, 0, 50, 1000, 5, 0, 0, 10]  # user nice system idle iowait irq softirq steal
+    # 60 user + 20 system + 20 steal ticks wanted: 20%; idle and iowait are not wanted time
+    assert steal_pct(before, [160, 0, 70, 5000, 9, 0, 0, 30]) == 20.0
+    assert steal_pct(before, [160, 0, 70, 5000, 9, 0, 0, 10]) == 0.0  # bare metal, or an idle host
+    assert steal_pct(before, before) is None  # nothing ran: no share to give
+    assert steal_pct(None, before) is None and steal_pct(before, None) is None  # not Linux
+
+
+def test_the_host_cpu_reading_is_eight_counters_that_never_fall():
+    from edgekit.bench.overhead import _host_cpu_ticks
+
+    first = _host_cpu_ticks()
+    if first is None:
+        pytest.skip("no /proc/stat here (not Linux)")
+    sum(i * i for i in range(200_000))  # some CPU time between the two readings
+    second = _host_cpu_ticks()
+    assert len(first) == len(second) == 8
+    assert all(b >= a for a, b in zip(first, second)) and sum(second) >= sum(first)
