@@ -432,8 +432,8 @@ def format_overhead_markdown(result: dict[str, Any]) -> str:
                   "wanted went to other guests (0 on an idle host)."]
     if len(blocks) > 1:
         names = list(blocks[0])
-        lines += ["", f"Overhead ms in each of {len(blocks)} blocks of {result['rounds']} interleaved rounds (the table "
-                  "above is the first; host steal as above):", "",
+        lines += ["", f"Overhead ms in each of {len(blocks)} blocks of {result['rounds']} interleaved rounds "
+                  "(the table above is the first; host steal as above):", "",
                   "| block | " + " | ".join(names) + " | host steal % |", "|---|" + "---:|" * (len(names) + 1)]
         for i, (block, stolen) in enumerate(zip(blocks, steal), 1):
             lines.append(f"| {i} | " + " | ".join(f"{block[name]:.3f}" for name in names)
