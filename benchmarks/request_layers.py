@@ -32,18 +32,6 @@ import numpy as np
 
 from edgekit.cli import run_command
 
-# request_path.py's "fused minimum" as a server (overhead.server_script): one handler, no layers
-_FUSED_MINIMUM_SETUP = """
-import sys, grpc
-from edgekit.bench.request_path import fused_minimum_handler
-from edgekit.runtime.dataplane import DataPlane
-from edgekit.runtime.grpc import edgekit_pb2 as ek
-from edgekit.runtime.grpc.pool import LifoPool
-from edgekit.runtime.model import load_bundle_model
-model = load_bundle_model(sys.argv[1], threads=int(sys.argv[2]))
-dataplane = DataPlane(model)  # its validation and admission only
-dataplane.warm_up()
-"""
 
 _WARMUP_CALLS = 20  # the interleaved benchmark's warm-up rounds, one call each
 _HANDLER, _TOKENIZE, _ENGINE = "grpc: handler call", "model: tokenize", "onnxruntime: run"
@@ -109,7 +97,7 @@ def format_markdown(result: dict[str, Any]) -> str:
 @click.option("--serve-arg", "serve_args", multiple=True, help="One more `edgekit serve` argument (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write results.json and results.md here.")
 def main(bundle, test_file, rounds, python, serve_args, out) -> None:
-    from edgekit.bench.overhead import BARE_MODEL_SCRIPT, ECHO_SCRIPT, _single_client, server_script
+    from edgekit.bench.overhead import BARE_MODEL_SCRIPT, ECHO_SCRIPT, FUSED_MINIMUM_SCRIPT, _single_client
     from edgekit.bench.rows import write_figures
     from edgekit.bench.servers import ServerProcess
     from edgekit.data import load_dataset
@@ -124,9 +112,7 @@ def main(bundle, test_file, rounds, python, serve_args, out) -> None:
         files = {name: Path(tmp) / f"{name.replace(' ', '-')}.json"
                  for name in ("bare-model", "fused-minimum", "edgekit serve")}
         argv = {"bare-model": [sys.executable, "-c", BARE_MODEL_SCRIPT, str(bundle), "1"],
-                "fused-minimum": [sys.executable, "-c", server_script(
-                    _FUSED_MINIMUM_SETUP, "fused_minimum_handler(model, dataplane)",
-                    "fused-minimum (grpc + one handler)"), str(bundle), "1"],
+                "fused-minimum": [sys.executable, "-c", FUSED_MINIMUM_SCRIPT, str(bundle), "1"],
                 "edgekit serve": [python, "-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", "1",
                                   *serve_args]}
         try:

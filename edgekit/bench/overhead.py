@@ -8,7 +8,9 @@
    engine), a bare gRPC echo (``grpc-echo``: a generic unary handler in its own process that
    returns the request's bytes, the transport's floor), a bare model server (``bare-model``: a
    generic handler that runs the same model and answers the top label, nothing of edgekit's
-   server: what Python gRPC itself adds around a model), the same with edgekit's data plane as its
+   server: what Python gRPC itself adds around a model), the same answering what edgekit answers
+   with one handler (``fused-minimum``: the least edgekit's answer costs in Python, the floor for
+   any rewrite of its request path), the same with edgekit's data plane as its
    handler (``bare-dataplane``: what edgekit's request path adds, without the server around it),
    and each server mode (``Classify`` with ``allow_cloud=False``). ``overhead_ms`` = server p50 − in-process p50 − echo p50: what the
    server adds beyond model and transport. With ``blocks`` > 1 the interleaved measurement is
@@ -54,8 +56,8 @@ import numpy as np
 from edgekit.bench.servers import ServerProcess
 from edgekit.errors import ConfigError
 
-__all__ = ["BARE_DATAPLANE_SCRIPT", "BARE_MODEL_SCRIPT", "ECHO_SCRIPT", "SERVER_MODES", "format_overhead_markdown",
-           "run_overhead", "server_script"]
+__all__ = ["BARE_DATAPLANE_SCRIPT", "BARE_MODEL_SCRIPT", "ECHO_SCRIPT", "FUSED_MINIMUM_SCRIPT", "SERVER_MODES",
+           "format_overhead_markdown", "run_overhead", "server_script"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,25 @@ def classify(request, context):
     return ek.ClassifyResponse(predictions=[ek.Prediction(label=labels[j], score=float(row[j]))])
 """, "classify", "bare-model (grpc + model only)", pool="futures.ThreadPoolExecutor(max_workers=1)",
     after_start='model.logits(["warm up"])')
+
+
+# The least edgekit's answer to a confident text needs, in the same bare server: one handler doing
+# what the layers do for it (validation and admission of the data plane, the model, the calibrated
+# top label, the full Prediction), no layers (edgekit.bench.request_path.fused_minimum_handler).
+# bare-model -> fused-minimum is what edgekit's answer costs in Python however it were written;
+# fused-minimum -> bare-dataplane is what the layers cost beyond it: the most any restructuring of
+# the request path in Python could save.
+FUSED_MINIMUM_SCRIPT = server_script("""
+import sys, grpc
+from edgekit.bench.request_path import fused_minimum_handler
+from edgekit.runtime.dataplane import DataPlane
+from edgekit.runtime.grpc import edgekit_pb2 as ek
+from edgekit.runtime.grpc.pool import LifoPool
+from edgekit.runtime.model import load_bundle_model
+model = load_bundle_model(sys.argv[1], threads=int(sys.argv[2]))
+dataplane = DataPlane(model)  # its validation and admission only
+dataplane.warm_up()
+""", "fused_minimum_handler(model, dataplane)", "fused-minimum (grpc + one handler)")
 
 
 # The same bare server with edgekit's request path in it: the handler is edgekit's Classify servicer
@@ -383,6 +404,8 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
         servers["grpc-echo"] = ServerProcess([sys.executable, "-c", ECHO_SCRIPT], name="grpc-echo").start()
         servers["bare-model"] = ServerProcess([sys.executable, "-c", BARE_MODEL_SCRIPT, str(bundle), str(threads)],
                                               name="bare-model").start()
+        servers["fused-minimum"] = ServerProcess(
+            [sys.executable, "-c", FUSED_MINIMUM_SCRIPT, str(bundle), str(threads)], name="fused-minimum").start()
         servers["bare-dataplane"] = ServerProcess(
             [sys.executable, "-c", BARE_DATAPLANE_SCRIPT, str(bundle), str(threads)], name="bare-dataplane").start()
         for name, argv in modes.items():
@@ -394,7 +417,7 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
             steal.append(steal_pct(ticks, _host_cpu_ticks()))
             block = {name: {"p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)} for name, t in times.items()}
             floor = block["in-process"]["p50_ms"] + block["grpc-echo"]["p50_ms"]
-            for name in ("bare-model", "bare-dataplane", *modes):
+            for name in ("bare-model", "fused-minimum", "bare-dataplane", *modes):
                 block[name]["overhead_ms"] = round(block[name]["p50_ms"] - floor, 3)
             per_block.append(block)
         single = per_block[0]

@@ -151,9 +151,9 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
                           blocks=2)
     single = result["single_client"]
     modes = [*SERVER_MODES, "default@here"]  # another install's default server, side by side (here: this one)
-    assert list(single) == ["in-process", "grpc-echo", "bare-model", "bare-dataplane", *modes]
+    assert list(single) == ["in-process", "grpc-echo", "bare-model", "fused-minimum", "bare-dataplane", *modes]
     floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]
-    for name in ("bare-model", "bare-dataplane", *modes):
+    for name in ("bare-model", "fused-minimum", "bare-dataplane", *modes):
         assert 0 < single[name]["p50_ms"] <= single[name]["p99_ms"]
         assert single[name]["overhead_ms"] == pytest.approx(single[name]["p50_ms"] - floor, abs=2e-3)
     assert {(row["mode"], row["clients"]) for row in result["load"]} == {(mode, n) for mode in modes for n in (1, 2)}
@@ -162,13 +162,14 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
         assert row["mean_batch"] >= 1 and row["slices"] == 3 and row["in_process_rps_at_batch"] > 0
         assert 0 < row["model_busy"] <= 1.05 and row["server_cpu_s"] > 0, row  # 1.05: two reads, two clocks
     blocks = result["single_client_blocks"]  # the one-client measurement twice, each block's overheads
-    servers = ("bare-model", "bare-dataplane", *modes)
+    servers = ("bare-model", "fused-minimum", "bare-dataplane", *modes)
     assert len(blocks) == 2 and blocks[0] == {name: single[name]["overhead_ms"] for name in servers}
     assert list(blocks[1]) == list(blocks[0])
     steal = result["single_client_steal_pct"]  # per block: is the host idle? (None off Linux)
     assert len(steal) == 2 and all(s is None or 0 <= s <= 100 for s in steal)
     table = format_overhead_markdown(result)
-    assert "| bare-model |" in table and "| bare-dataplane |" in table and "| default | 2 |" in table
+    assert all(f"| {name} |" in table for name in ("bare-model", "fused-minimum", "bare-dataplane"))
+    assert "| default | 2 |" in table
     assert "Overhead ms in each of 2 blocks" in table and "| median |" in table and "host steal %" in table
     assert "| default@here | 2 |" in table
 
