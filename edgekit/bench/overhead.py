@@ -4,7 +4,7 @@
 ``edgekit serve`` *process* and every client in this (other) process:
 
 1. **One client, one text per call, interleaved** (each round sends the same text through every
-   subject in turn, the order rotating): the model called in process (``in-process``: tokenizer +
+   subject in turn, in a new random order each round, seeded): the model called in process (``in-process``: tokenizer +
    engine), a bare gRPC echo (``grpc-echo``: a generic unary handler in its own process that
    returns the request's bytes, the transport's floor), a bare model server (``bare-model``: a
    generic handler that runs the same model and answers the top label, nothing of edgekit's
@@ -12,8 +12,8 @@
    with one handler (``fused-minimum``: the least edgekit's answer costs in Python, the floor for
    any rewrite of its request path), the same with edgekit's data plane as its
    handler (``bare-dataplane``: what edgekit's request path adds, without the server around it),
-   and each server mode (``Classify`` with ``allow_cloud=False``). ``overhead_ms`` = server p50 − in-process p50 − echo p50: what the
-   server adds beyond model and transport. With ``blocks`` > 1 the interleaved measurement is
+   and each server mode (``Classify`` with ``allow_cloud=False``). ``overhead_ms`` = server p50 −
+   in-process p50 − echo p50: what the server adds beyond model and transport. With ``blocks`` > 1 the interleaved measurement is
    repeated that many times on the same servers and each block's overheads are listed
    (``single_client_blocks``): on a shared machine one block's figure moves by a tenth of a
    millisecond from one minute to the next, and one number hides that. Each block also reports the
@@ -44,10 +44,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,21 +175,33 @@ def _callers(address: str):
     return channel, lambda payload: call(payload, timeout=30)
 
 
-def _single_client(model, servers: dict[str, ServerProcess], texts: Sequence[str], rounds: int) -> dict[str, list[float]]:
-    """Interleaved one-client latency (ms) of the in-process model and every server, rotating order."""
+def round_orders(names: Sequence[str], rounds: int, seed: int = 12) -> Iterator[list[str]]:
+    """Each round's order of ``names`` for :func:`_single_client`: a random permutation per round,
+    the same ones for the same seed."""
+    rng, order = random.Random(seed), list(names)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        yield list(order)
+
+
+def _single_client(model, servers: dict[str, ServerProcess], texts: Sequence[str],
+                   rounds: int) -> dict[str, list[float]]:
+    """Interleaved one-client latency (ms) of the in-process model and every server, in a new random
+    order each round (seeded: the same orders in every run). Not a rotation: there every subject always
+    followed the same other one, and the one after the slowest (``wait-2ms``: 5 ms with the client
+    idle) paid about 0.09 ms for it (session 13, issue 12: the default server measured beside an
+    identical copy of itself placed there)."""
     channels, calls = {}, {}
     for name, server in servers.items():
         channels[name], calls[name] = _callers(server.address)
     subjects: dict[str, Callable[[str, bytes], Any]] = {"in-process": lambda text, payload: model.logits([text])}
     subjects.update({name: (lambda text, payload, c=c: c(payload)) for name, c in calls.items()})
     times: dict[str, list[float]] = {name: [] for name in subjects}
-    names = list(subjects)
     try:
-        for r in range(rounds + 20):  # 20 warm-up rounds, not recorded
+        for r, names in enumerate(round_orders(list(subjects), rounds + 20)):  # 20 warm-up rounds, not recorded
             text = texts[r % len(texts)]
             payload = _request_bytes(text)
-            for k in range(len(names)):
-                name = names[(r + k) % len(names)]
+            for name in names:
                 t0 = time.perf_counter()
                 subjects[name](text, payload)
                 if r >= 20:

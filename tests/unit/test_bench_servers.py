@@ -53,3 +53,17 @@ def test_the_host_cpu_reading_is_eight_counters_that_never_fall():
     second = _host_cpu_ticks()
     assert len(first) == len(second) == 8
     assert all(b >= a for a, b in zip(first, second)) and sum(second) >= sum(first)
+
+
+def test_the_one_client_rounds_visit_every_subject_in_changing_order():
+    """Not a rotation: there each subject always came right after the same other one, and the one
+    after the slowest paid for it (issue 12, session 13)."""
+    from edgekit.bench.overhead import round_orders
+
+    names = ["in-process", "grpc-echo", "bare-model", "default", "wait-2ms"]
+    orders = list(round_orders(names, 200))
+    assert len(orders) == 200 and all(sorted(order) == sorted(names) for order in orders)
+    after_slowest = {order[order.index("wait-2ms") + 1] for order in orders if order[-1] != "wait-2ms"}
+    assert after_slowest == set(names) - {"wait-2ms"}  # everyone follows it some of the time
+    assert orders == list(round_orders(names, 200))  # seeded: every run the same orders
+    assert orders != list(round_orders(names, 200, seed=13))
