@@ -13,10 +13,10 @@
    any rewrite of its request path), the same with edgekit's data plane as its
    handler (``bare-dataplane``: what edgekit's request path adds, without the server around it),
    and each server mode (``Classify`` with ``allow_cloud=False``). ``overhead_ms`` = server p50 −
-   in-process p50 − echo p50: what the server adds beyond model and transport. With ``blocks`` > 1 the interleaved measurement is
-   repeated that many times on the same servers and each block's overheads are listed
-   (``single_client_blocks``): on a shared machine one block's figure moves by a tenth of a
-   millisecond from one minute to the next, and one number hides that. Each block also reports the
+   in-process p50 − echo p50: what the server adds beyond model and transport. With ``blocks`` > 1
+   the interleaved measurement is repeated that many times on the same servers and each block's
+   overheads are listed (``single_client_blocks``): on a shared machine one block's figure moves by
+   a tenth of a millisecond from one minute to the next, and one number hides that. Each block also reports the
    host's steal (``single_client_steal_pct``, from /proc/stat): the share of the CPU time the
    machine's threads wanted that a hypervisor gave to other guests, the sign of a machine that is
    not idle however quiet it looks from inside.
@@ -478,8 +478,8 @@ def format_overhead_markdown(result: dict[str, Any]) -> str:
         lines.append("| median | " + " | ".join(f"{float(np.median([b[name] for b in blocks])):.3f}" for name in names)
                      + f" | {_or_dash(float(np.median(known)) if known else None, '.1f')} |")
     lines += ["", f"Throughput, {result['seconds']:g} s per cell, clients in another process (grpc.aio):", "",
-              "| mode | clients | requests/s | p50 ms | p99 ms | errors | mean batch | in-process texts/s at that batch | "
-              "server / in-process | model busy | server CPU s | client CPU s |",
+              "| mode | clients | requests/s | p50 ms | p99 ms | errors | mean batch | "
+              "in-process texts/s at that batch | server / in-process | model busy | server CPU s | client CPU s |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["load"]:
         ratio = (f"{r['throughput_rps'] / r['in_process_rps_at_batch']:.2f}"
