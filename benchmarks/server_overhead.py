@@ -1,8 +1,8 @@
 """What `edgekit serve` costs beyond its model (issue 12): one-client overhead and throughput under load.
 
 usage: .venv/bin/python benchmarks/server_overhead.py BUNDLE --test E.jsonl [--clients 1,4,16,64]
-           [--seconds 5] [--rounds 300] [--blocks 1] [--threads 1] [--workers 2] [--compare NAME=PYTHON ...]
-           [--out DIR]
+           [--seconds 5] [--rounds 300] [--blocks 1] [--modes default,...] [--no-references] [--threads 1]
+           [--workers 2] [--compare NAME=PYTHON ...] [--out DIR]
 
 Every server is a real `edgekit serve` process; the clients run in this process (see
 edgekit/bench/overhead.py for what each figure means). Run it on an idle machine.
@@ -28,6 +28,11 @@ from edgekit.cli import run_command
 @click.option("--blocks", type=click.IntRange(min=1), default=1, show_default=True,
               help="Repeat the one-client measurement this many times (--rounds each) and list each block's "
                    "overheads: the spread one run hides.")
+@click.option("--modes", default=None, metavar="LIST",
+              help="Server modes to measure, comma-separated (default: all of default,no-batching,wait-2ms).")
+@click.option("--references/--no-references", default=True, show_default=True,
+              help="Also measure the bare-model, fused-minimum and bare-dataplane servers. `--modes default "
+                   "--no-references`: issue 12's three subjects alone (in-process, echo, the default server).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Engine threads.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also measure `edgekit serve --workers N` (0: not).")
@@ -38,7 +43,8 @@ from edgekit.cli import run_command
               help="Also measure the default server of the edgekit another Python runs (e.g. a venv of an older "
                    "commit), as `default@NAME`, side by side in the same run. Repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write results.json and results.md here.")
-def main(bundle, test_file, clients, seconds, rounds, blocks, threads, workers, engine_cpus, compare, out) -> None:
+def main(bundle, test_file, clients, seconds, rounds, blocks, modes, references, threads, workers, engine_cpus, compare,
+         out) -> None:
     from edgekit.bench.overhead import format_overhead_markdown, run_overhead
     from edgekit.bench.rows import write_figures
     from edgekit.data import load_dataset
@@ -58,7 +64,9 @@ def main(bundle, test_file, clients, seconds, rounds, blocks, threads, workers, 
         others[name] = python
     texts = list(load_dataset(test_file, label_field=None).texts)
     result = run_overhead(bundle, texts, clients=counts, seconds=seconds, rounds=rounds, threads=threads,
-                          workers=workers, engine_cpus=engine_cpus, compare=others, blocks=blocks)
+                          workers=workers, engine_cpus=engine_cpus, compare=others, blocks=blocks,
+                          modes=None if modes is None else [m.strip() for m in modes.split(",") if m.strip()],
+                          references=references)
     markdown = format_overhead_markdown(result)
     click.echo(markdown)
     if out is not None:

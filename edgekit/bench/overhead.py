@@ -394,17 +394,25 @@ def _pct(values: Sequence[float], q: float) -> float:
 def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] = (1, 4, 16, 64),
                  seconds: float = 5.0, rounds: int = 300, threads: int = 1, workers: int = 0,
                  engine_cpus: str | None = None, compare: dict[str, str] | None = None,
-                 blocks: int = 1) -> dict[str, Any]:
-    """See the module docstring. ``workers`` > 1 adds a ``workers-N`` server mode, ``engine_cpus``
-    an ``engine-cpus-LIST`` mode (``serve --engine-cpus LIST``); ``compare`` maps a name to a Python
-    executable whose edgekit serves a ``default@name`` mode."""
+                 blocks: int = 1, modes: Sequence[str] | None = None, references: bool = True) -> dict[str, Any]:
+    """See the module docstring. ``modes``: which of :data:`SERVER_MODES` to measure (None: all);
+    ``workers`` > 1 adds a ``workers-N`` server mode, ``engine_cpus`` an ``engine-cpus-LIST`` mode
+    (``serve --engine-cpus LIST``); ``compare`` maps a name to a Python executable whose edgekit serves
+    a ``default@name`` mode. ``references=False`` leaves out the bare-model, fused-minimum and
+    bare-dataplane servers: with ``modes=["default"]`` the one-client rounds are issue 12's three
+    subjects alone (in-process, echo, the default server), each server's caches no colder than
+    two other subjects between its calls make them."""
     from edgekit.device import device_record
     from edgekit.runtime.model import load_bundle_model
 
     if not texts:
         raise ConfigError("give at least one text")
+    unknown = sorted(set(modes or ()) - set(SERVER_MODES))
+    if unknown:
+        raise ConfigError(f"unknown server mode(s) {unknown}; choose from {sorted(SERVER_MODES)}")
     serve = ["-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", str(threads), "--metrics-port", "0"]
-    modes = {name: [sys.executable, *serve, *extra] for name, extra in SERVER_MODES.items()}
+    modes = {name: [sys.executable, *serve, *extra] for name, extra in SERVER_MODES.items()
+             if modes is None or name in modes}
     if workers > 1:
         modes[f"workers-{workers}"] = [sys.executable, *serve, "--workers", str(workers)]
     if engine_cpus:
@@ -415,12 +423,10 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
     model = load_bundle_model(bundle, threads=threads)
     try:
         servers["grpc-echo"] = ServerProcess([sys.executable, "-c", ECHO_SCRIPT], name="grpc-echo").start()
-        servers["bare-model"] = ServerProcess([sys.executable, "-c", BARE_MODEL_SCRIPT, str(bundle), str(threads)],
-                                              name="bare-model").start()
-        servers["fused-minimum"] = ServerProcess(
-            [sys.executable, "-c", FUSED_MINIMUM_SCRIPT, str(bundle), str(threads)], name="fused-minimum").start()
-        servers["bare-dataplane"] = ServerProcess(
-            [sys.executable, "-c", BARE_DATAPLANE_SCRIPT, str(bundle), str(threads)], name="bare-dataplane").start()
+        scripts = {"bare-model": BARE_MODEL_SCRIPT, "fused-minimum": FUSED_MINIMUM_SCRIPT,
+                   "bare-dataplane": BARE_DATAPLANE_SCRIPT} if references else {}
+        for name, script in scripts.items():
+            servers[name] = ServerProcess([sys.executable, "-c", script, str(bundle), str(threads)], name=name).start()
         for name, argv in modes.items():
             servers[name] = ServerProcess(argv, name=name).start()
         per_block, steal = [], []
@@ -430,7 +436,7 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
             steal.append(steal_pct(ticks, _host_cpu_ticks()))
             block = {name: {"p50_ms": _pct(t, 50), "p99_ms": _pct(t, 99)} for name, t in times.items()}
             floor = block["in-process"]["p50_ms"] + block["grpc-echo"]["p50_ms"]
-            for name in ("bare-model", "fused-minimum", "bare-dataplane", *modes):
+            for name in (*scripts, *modes):
                 block[name]["overhead_ms"] = round(block[name]["p50_ms"] - floor, 3)
             per_block.append(block)
         single = per_block[0]

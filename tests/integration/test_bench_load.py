@@ -175,6 +175,19 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
 
 
 @NEEDS_EXPORT
+def test_the_overhead_benchmark_can_measure_issue_12s_three_subjects_alone(bundle, texts):
+    """``--modes default --no-references``: in-process, echo and the default server, nothing else
+    between a server's calls."""
+    from edgekit.bench.overhead import run_overhead
+
+    result = run_overhead(bundle, texts, clients=(), rounds=10, modes=["default"], references=False)
+    single = result["single_client"]
+    assert list(single) == ["in-process", "grpc-echo", "default"] and result["load"] == []
+    floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]
+    assert single["default"]["overhead_ms"] == pytest.approx(single["default"]["p50_ms"] - floor, abs=2e-3)
+
+
+@NEEDS_EXPORT
 def test_the_request_path_benchmark_times_every_layer(bundle, texts):
     """benchmarks/request_path.py's run, shrunk: every layer answered and timed, the table written."""
     from edgekit.bench.request_path import format_request_path_markdown, run_request_path

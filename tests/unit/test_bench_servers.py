@@ -67,3 +67,11 @@ def test_the_one_client_rounds_visit_every_subject_in_changing_order():
     assert after_slowest == set(names) - {"wait-2ms"}  # everyone follows it some of the time
     assert orders == list(round_orders(names, 200))  # seeded: every run the same orders
     assert orders != list(round_orders(names, 200, seed=13))
+
+
+def test_an_unknown_server_mode_is_refused_before_anything_starts(tmp_path):
+    from edgekit.bench.overhead import run_overhead
+    from edgekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown server mode\(s\) \['turbo'\]"):
+        run_overhead(tmp_path / "no-bundle", ["a text"], modes=["default", "turbo"])
