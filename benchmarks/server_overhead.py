@@ -1,7 +1,7 @@
 """What `edgekit serve` costs beyond its model (issue 12): one-client overhead and throughput under load.
 
 usage: .venv/bin/python benchmarks/server_overhead.py BUNDLE --test E.jsonl [--clients 1,4,16,64]
-           [--seconds 5] [--rounds 300] [--blocks 1] [--modes default,...] [--no-references] [--threads 1]
+           [--seconds 5] [--rounds 300] [--blocks 1] [--modes default,...] [--references LIST|none] [--threads 1]
            [--workers 2] [--compare NAME=PYTHON ...] [--out DIR]
 
 Every server is a real `edgekit serve` process; the clients run in this process (see
@@ -30,9 +30,9 @@ from edgekit.cli import run_command
                    "overheads: the spread one run hides.")
 @click.option("--modes", default=None, metavar="LIST",
               help="Server modes to measure, comma-separated (default: all of default,no-batching,wait-2ms).")
-@click.option("--references/--no-references", default=True, show_default=True,
-              help="Also measure the bare-model, fused-minimum and bare-dataplane servers. `--modes default "
-                   "--no-references`: issue 12's three subjects alone (in-process, echo, the default server).")
+@click.option("--references", default="bare-model,fused-minimum,bare-dataplane", show_default=True, metavar="LIST",
+              help="Bare servers to measure beside edgekit's, comma-separated, or `none`. `--modes default "
+                   "--references none`: issue 12's three subjects alone (in-process, echo, the default server).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Engine threads.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also measure `edgekit serve --workers N` (0: not).")
@@ -65,12 +65,16 @@ def main(bundle, test_file, clients, seconds, rounds, blocks, modes, references,
     texts = list(load_dataset(test_file, label_field=None).texts)
     result = run_overhead(bundle, texts, clients=counts, seconds=seconds, rounds=rounds, threads=threads,
                           workers=workers, engine_cpus=engine_cpus, compare=others, blocks=blocks,
-                          modes=None if modes is None else [m.strip() for m in modes.split(",") if m.strip()],
-                          references=references)
+                          modes=None if modes is None else _names(modes),
+                          references=[] if references.strip() == "none" else _names(references))
     markdown = format_overhead_markdown(result)
     click.echo(markdown)
     if out is not None:
         write_figures(out, "results", result, markdown)
+
+
+def _names(option: str) -> list[str]:
+    return [name.strip() for name in option.split(",") if name.strip()]
 
 
 if __name__ == "__main__":

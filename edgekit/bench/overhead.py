@@ -57,8 +57,8 @@ import numpy as np
 from edgekit.bench.servers import ServerProcess
 from edgekit.errors import ConfigError
 
-__all__ = ["BARE_DATAPLANE_SCRIPT", "BARE_MODEL_SCRIPT", "ECHO_SCRIPT", "FUSED_MINIMUM_SCRIPT", "SERVER_MODES",
-           "format_overhead_markdown", "run_overhead", "server_script"]
+__all__ = ["BARE_DATAPLANE_SCRIPT", "BARE_MODEL_SCRIPT", "ECHO_SCRIPT", "FUSED_MINIMUM_SCRIPT", "REFERENCE_SERVERS",
+           "SERVER_MODES", "format_overhead_markdown", "run_overhead", "server_script"]
 
 log = logging.getLogger(__name__)
 
@@ -391,17 +391,24 @@ def _pct(values: Sequence[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(values), q)), 3)
 
 
+# The bare servers measured beside edgekit's (each defined above): what Python gRPC costs around the
+# model, the least edgekit's answer costs, and edgekit's data plane without the server around it.
+REFERENCE_SERVERS = {"bare-model": BARE_MODEL_SCRIPT, "fused-minimum": FUSED_MINIMUM_SCRIPT,
+                     "bare-dataplane": BARE_DATAPLANE_SCRIPT}
+
+
 def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] = (1, 4, 16, 64),
                  seconds: float = 5.0, rounds: int = 300, threads: int = 1, workers: int = 0,
                  engine_cpus: str | None = None, compare: dict[str, str] | None = None,
-                 blocks: int = 1, modes: Sequence[str] | None = None, references: bool = True) -> dict[str, Any]:
+                 blocks: int = 1, modes: Sequence[str] | None = None,
+                 references: Sequence[str] | None = None) -> dict[str, Any]:
     """See the module docstring. ``modes``: which of :data:`SERVER_MODES` to measure (None: all);
     ``workers`` > 1 adds a ``workers-N`` server mode, ``engine_cpus`` an ``engine-cpus-LIST`` mode
     (``serve --engine-cpus LIST``); ``compare`` maps a name to a Python executable whose edgekit serves
-    a ``default@name`` mode. ``references=False`` leaves out the bare-model, fused-minimum and
-    bare-dataplane servers: with ``modes=["default"]`` the one-client rounds are issue 12's three
-    subjects alone (in-process, echo, the default server), each server's caches no colder than
-    two other subjects between its calls make them."""
+    a ``default@name`` mode. ``references``: which of :data:`REFERENCE_SERVERS` to measure (None:
+    all); with ``references=[]`` and ``modes=["default"]`` the one-client rounds are issue 12's three
+    subjects alone (in-process, echo, the default server): each server's caches go no colder than two
+    other subjects between its calls make them."""
     from edgekit.device import device_record
     from edgekit.runtime.model import load_bundle_model
 
@@ -410,6 +417,9 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
     unknown = sorted(set(modes or ()) - set(SERVER_MODES))
     if unknown:
         raise ConfigError(f"unknown server mode(s) {unknown}; choose from {sorted(SERVER_MODES)}")
+    unknown = sorted(set(references or ()) - set(REFERENCE_SERVERS))
+    if unknown:
+        raise ConfigError(f"unknown reference server(s) {unknown}; choose from {list(REFERENCE_SERVERS)}")
     serve = ["-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", str(threads), "--metrics-port", "0"]
     modes = {name: [sys.executable, *serve, *extra] for name, extra in SERVER_MODES.items()
              if modes is None or name in modes}
@@ -423,8 +433,8 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
     model = load_bundle_model(bundle, threads=threads)
     try:
         servers["grpc-echo"] = ServerProcess([sys.executable, "-c", ECHO_SCRIPT], name="grpc-echo").start()
-        scripts = {"bare-model": BARE_MODEL_SCRIPT, "fused-minimum": FUSED_MINIMUM_SCRIPT,
-                   "bare-dataplane": BARE_DATAPLANE_SCRIPT} if references else {}
+        scripts = {name: script for name, script in REFERENCE_SERVERS.items()
+                   if references is None or name in references}
         for name, script in scripts.items():
             servers[name] = ServerProcess([sys.executable, "-c", script, str(bundle), str(threads)], name=name).start()
         for name, argv in modes.items():

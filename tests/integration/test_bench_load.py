@@ -176,11 +176,11 @@ def test_the_overhead_benchmark_measures_every_subject_and_every_mode(bundle, te
 
 @NEEDS_EXPORT
 def test_the_overhead_benchmark_can_measure_issue_12s_three_subjects_alone(bundle, texts):
-    """``--modes default --no-references``: in-process, echo and the default server, nothing else
+    """``--modes default --references none``: in-process, echo and the default server, nothing else
     between a server's calls."""
     from edgekit.bench.overhead import run_overhead
 
-    result = run_overhead(bundle, texts, clients=(), rounds=10, modes=["default"], references=False)
+    result = run_overhead(bundle, texts, clients=(), rounds=10, modes=["default"], references=[])
     single = result["single_client"]
     assert list(single) == ["in-process", "grpc-echo", "default"] and result["load"] == []
     floor = single["in-process"]["p50_ms"] + single["grpc-echo"]["p50_ms"]

@@ -75,3 +75,11 @@ def test_an_unknown_server_mode_is_refused_before_anything_starts(tmp_path):
 
     with pytest.raises(ConfigError, match=r"unknown server mode\(s\) \['turbo'\]"):
         run_overhead(tmp_path / "no-bundle", ["a text"], modes=["default", "turbo"])
+
+
+def test_an_unknown_reference_server_is_refused_before_anything_starts(tmp_path):
+    from edgekit.bench.overhead import run_overhead
+    from edgekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown reference server\(s\) \['bare-modle'\]"):
+        run_overhead(tmp_path / "no-bundle", ["a text"], references=["bare-modle"])
