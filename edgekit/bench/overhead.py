@@ -48,7 +48,7 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def server_script(setup: str, handler: str, title: str, *, pool: str = "LifoPool
 
 
 # The transport's floor: a generic unary handler that answers with the request's own bytes, in a
-# process of its own (hand-written because no library ships a bare echo service; it is 15 lines).
+# process of its own (hand-written because no library ships a bare echo service).
 ECHO_SCRIPT = server_script("""
 import sys, grpc
 from concurrent import futures
@@ -175,7 +175,7 @@ def _callers(address: str):
     return channel, lambda payload: call(payload, timeout=30)
 
 
-def round_orders(names: Sequence[str], rounds: int, seed: int = 12) -> Iterator[list[str]]:
+def round_orders(names: Iterable[str], rounds: int, seed: int = 12) -> Iterator[list[str]]:
     """Each round's order of ``names`` for :func:`_single_client`: a random permutation per round,
     the same ones for the same seed."""
     rng, order = random.Random(seed), list(names)
@@ -198,7 +198,7 @@ def _single_client(model, servers: dict[str, ServerProcess], texts: Sequence[str
     subjects.update({name: (lambda text, payload, c=c: c(payload)) for name, c in calls.items()})
     times: dict[str, list[float]] = {name: [] for name in subjects}
     try:
-        for r, names in enumerate(round_orders(list(subjects), rounds + 20)):  # 20 warm-up rounds, not recorded
+        for r, names in enumerate(round_orders(subjects, rounds + 20)):  # 20 warm-up rounds, not recorded
             text = texts[r % len(texts)]
             payload = _request_bytes(text)
             for name in names:
@@ -414,12 +414,11 @@ def run_overhead(bundle: Path, texts: Sequence[str], *, clients: Sequence[int] =
 
     if not texts:
         raise ConfigError("give at least one text")
-    unknown = sorted(set(modes or ()) - set(SERVER_MODES))
-    if unknown:
-        raise ConfigError(f"unknown server mode(s) {unknown}; choose from {sorted(SERVER_MODES)}")
-    unknown = sorted(set(references or ()) - set(REFERENCE_SERVERS))
-    if unknown:
-        raise ConfigError(f"unknown reference server(s) {unknown}; choose from {list(REFERENCE_SERVERS)}")
+    for kind, asked, known in (("server mode", modes, SERVER_MODES),
+                               ("reference server", references, REFERENCE_SERVERS)):
+        unknown = sorted(set(asked or ()) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown {kind}(s) {unknown}; choose from {list(known)}")
     serve = ["-m", "edgekit", "serve", str(bundle), "--port", "0", "--threads", str(threads), "--metrics-port", "0"]
     modes = {name: [sys.executable, *serve, *extra] for name, extra in SERVER_MODES.items()
              if modes is None or name in modes}
