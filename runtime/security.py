@@ -26,9 +26,10 @@ import logging
 import ssl
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from edgekit.runtime.grpc import refusing_handler
@@ -39,6 +40,7 @@ __all__ = [
     "AuthInterceptor",
     "Security",
     "TokenFile",
+    "auth_refusal",
     "bearer_metadata",
     "channel_credentials",
     "hostport",
@@ -122,17 +124,24 @@ class AuthInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         if self._open and handler_call_details.method.startswith(self._open):
             return continuation(handler_call_details)
-        authorization = next(
-            (value for key, value in handler_call_details.invocation_metadata or () if key == "authorization"), None
-        )
-        if self._tokens.accepts(authorization):
+        reason = auth_refusal(self._tokens, handler_call_details.invocation_metadata)
+        if reason is None:
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        reason = ("missing bearer token: send the gRPC metadata 'authorization: Bearer <token>'"
-                  if authorization is None else "invalid bearer token")
         return refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, reason)
+
+
+def auth_refusal(tokens: TokenFile, metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """Why a call with ``metadata`` (its invocation metadata) is refused UNAUTHENTICATED, or None
+    if it carries a valid bearer token. Shared by :class:`AuthInterceptor` and the fast lane
+    (:mod:`edgekit.runtime.grpc.lane`), so both refuse alike."""
+    authorization = next((value for key, value in metadata or () if key == "authorization"), None)
+    if tokens.accepts(authorization):
+        return None
+    return ("missing bearer token: send the gRPC metadata 'authorization: Bearer <token>'"
+            if authorization is None else "invalid bearer token")
 
 
 def is_loopback(host: str) -> bool:

@@ -14,6 +14,7 @@ number of kiosks that keep a stream open plus the expected concurrent calls.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -29,6 +30,7 @@ from edgekit.runtime.batching import BatchSettings
 from edgekit.runtime.cascade import CascadeSettings
 from edgekit.runtime.dataplane import WARMUP_TEXTS, DataPlane, Limits, MonitorSettings
 from edgekit.runtime.grpc import edgekit_pb2_grpc, grpc_predict_v2_pb2_grpc
+from edgekit.runtime.grpc.lane import FastLane, lane_available
 from edgekit.runtime.grpc.pool import LifoPool
 from edgekit.runtime.grpc.servicers import (
     SERVICE_NAMES,
@@ -39,7 +41,7 @@ from edgekit.runtime.grpc.servicers import (
     InferenceServicer,
 )
 from edgekit.runtime.metrics_http import serve_metrics
-from edgekit.runtime.security import AuthInterceptor, Security, hostport
+from edgekit.runtime.security import AuthInterceptor, Security, auth_refusal, hostport
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -68,6 +70,7 @@ class ServerSettings:
     metrics_port: int | None = None  # Prometheus /metrics on the same host (0: any port); https under TLS
     max_workers: int = 16
     max_inflight_rpcs: int | None = 128  # RPCs running or waiting for a thread (None: unbounded)
+    fast_lane: bool = True  # Classify and ModelInfer from the completion queue (runtime.grpc.lane)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     warmup_texts: Sequence[str] = WARMUP_TEXTS
     reuse_port: bool = False  # SO_REUSEPORT: set for the processes of `serve --workers N` only
@@ -104,7 +107,10 @@ class EdgeServer:
         self._reload_lock = threading.Lock()
         self._health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-health")
         self._health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self._health_pool)
+        self._lane: FastLane | None = None
         self._server = self._grpc_server(settings)
+        if settings.fast_lane:
+            self._lane = self._fast_lane()
         self._add_services()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self._listen(hostport(settings.host, settings.port), credentials)
@@ -113,14 +119,15 @@ class EdgeServer:
         # the thread that went idle last takes the next call (runtime.grpc.pool says why)
         pool = self._pool = LifoPool(max_workers=settings.max_workers, thread_name_prefix="edgekit-grpc")
         max_inflight_rpcs = settings.max_inflight_rpcs
+        # RPCs running or waiting for a worker thread are bounded (else they would queue in the
+        # pool without limit); beyond, RESOURCE_EXHAUSTED at once, counted in /metrics
+        self._admission = None if max_inflight_rpcs is None else Admission(
+            self._held_calls, max_inflight_rpcs, self.dataplane.count_refusal)
         return grpc.server(
             pool,
             interceptors=[
                 *([AuthInterceptor(self._tokens, health_open=settings.security.health_open)] if self._tokens else []),
-                # RPCs running or waiting for a worker thread are bounded (else they would queue in
-                # the pool without limit); beyond, RESOURCE_EXHAUSTED at once, counted in /metrics
-                ErrorInterceptor(admission=None if max_inflight_rpcs is None else
-                                 Admission(pool, max_inflight_rpcs, self.dataplane.count_refusal)),
+                ErrorInterceptor(admission=self._admission),
             ],
             options=[
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -131,12 +138,26 @@ class EdgeServer:
             ],
         )
 
+    def _held_calls(self) -> int:
+        """RPCs running or waiting for a thread: the pool's and the fast lane's."""
+        return self._pool.held + (self._lane.held if self._lane is not None else 0)
+
+    def _fast_lane(self) -> FastLane | None:
+        """The fast lane on this grpcio, or None (a warning says why) where it cannot run."""
+        reason = lane_available()
+        if reason is not None:
+            log.warning("event=fast_lane_off reason=%r", reason)
+            return None
+        tokens = self._tokens
+        return FastLane(self._server, self._pool, admission=self._admission,
+                        authorize=None if tokens is None else functools.partial(auth_refusal, tokens))
+
     def _add_services(self) -> None:
-        """Both classify APIs, the admin API (refusing unless tokens are checked), health, reflection."""
-        edgekit_pb2_grpc.add_EdgeClassifierServicer_to_server(EdgeClassifierServicer(self.dataplane), self._server)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane), self._server
-        )
+        """Both classify APIs (their unary hot methods on the fast lane, if on), the admin API
+        (refusing unless tokens are checked), health, reflection."""
+        classify = self._server if self._lane is None else self._lane.registrar()
+        edgekit_pb2_grpc.add_EdgeClassifierServicer_to_server(EdgeClassifierServicer(self.dataplane), classify)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), classify)
         edgekit_pb2_grpc.add_EdgeAdminServicer_to_server(
             AdminServicer(self.reload, enabled=self._tokens is not None), self._server
         )
@@ -176,6 +197,8 @@ class EdgeServer:
         """Listen, expose metrics, warm the model up, then report SERVING (or stop and raise)."""
         try:
             self._server.start()
+            if self._lane is not None:
+                self._lane.start()
             if self._metrics_port is not None:
                 self._metrics_httpd = self._serve_metrics(self._metrics_port)
             self.dataplane.warm_up()
@@ -218,6 +241,8 @@ class EdgeServer:
         log.info("event=draining address=%s grace_s=%s", self.address, grace_s)
         self._health.enter_graceful_shutdown()
         self._server.stop(grace_s).wait()
+        if self._lane is not None:
+            self._lane.stop()
         self.dataplane.close()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()

@@ -33,6 +33,7 @@
 
 Server modes: ``default`` (the options ``edgekit serve`` starts with), ``no-batching``
 (``--max-batch-size 1``), ``wait-2ms`` (``--max-wait-ms 2``, the old micro-batching),
+``no-fast-lane`` (``--no-fast-lane``: grpcio's own server path for every method, as before session 14),
 ``workers-N`` when asked (``--workers N``), ``engine-cpus-LIST`` when asked (``--engine-cpus
 LIST``: the engine thread on those CPUs, the server's other threads on the rest), and
 ``default@NAME`` for each ``compare`` entry: the default server as another Python installs edgekit
@@ -66,6 +67,7 @@ SERVER_MODES = {
     "default": [],
     "no-batching": ["--max-batch-size", "1"],
     "wait-2ms": ["--max-wait-ms", "2"],
+    "no-fast-lane": ["--no-fast-lane"],
 }
 
 _SERVER_TAIL = """

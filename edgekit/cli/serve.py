@@ -46,6 +46,7 @@ class _ServerOptions:
     max_workers: int
     max_queue: int
     max_inflight: int
+    fast_lane: bool
     security_options: dict[str, Any]  # tls_cert, tls_key, tls_client_ca, auth_token_file, health_open, insecure
 
     def batching(self) -> BatchSettings:
@@ -69,7 +70,8 @@ class _ServerOptions:
 
         return ServerSettings(host=self.host, port=port, batching=batching, limits=limits,
                               metrics_port=self.metrics_port, max_workers=self.max_workers,
-                              max_inflight_rpcs=self.max_inflight, security=security, **more)
+                              max_inflight_rpcs=self.max_inflight, fast_lane=self.fast_lane, security=security,
+                              **more)
 
 
 _SHARED_OPTIONS = tuple(f.name for f in dataclasses.fields(_ServerOptions) if f.name != "security_options")
@@ -106,6 +108,10 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-inflight", type=click.IntRange(min=1), default=128, show_default=True,
                      help="RPCs running or waiting for a worker thread (open streams included); beyond, new "
                           "calls are refused at once with RESOURCE_EXHAUSTED (health checks excepted)."),
+        click.option("--fast-lane/--no-fast-lane", default=True, show_default=True,
+                     help="Serve Classify and ModelInfer straight from gRPC's completion queue, a lone call on "
+                          "the thread that received it (about 0.3 ms less per call at one client); off: "
+                          "grpcio's own server path for every method."),
         click.option("--tls-cert", type=_FILE, default=None, help="TLS certificate chain (PEM); needs --tls-key."),
         click.option("--tls-key", type=_FILE, default=None, help="TLS private key (PEM) of --tls-cert."),
         click.option("--tls-client-ca", type=_FILE, default=None,
@@ -422,7 +428,7 @@ def _serve_workers(ctx: click.Context, workers: int) -> None:
 _TRITON_OPTIONS = ("model_name", "http_port", "triton_max_batch_size", "triton_queue_delay_us",
                    "triton_dynamic_batching", "instances", "top_k")
 _BUILTIN_ONLY = ("max_batch_size", "max_wait_ms", "grace_s", "max_workers", "max_queue", "max_inflight",
-                 "tls_cert", "tls_key", "tls_client_ca", "auth_token_file", "health_open")
+                 "fast_lane", "tls_cert", "tls_key", "tls_client_ca", "auth_token_file", "health_open")
 
 
 def _triton_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -41,7 +41,6 @@ from edgekit.runtime.types import ModelInfo, Prediction, Route
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.dataplane import DataPlane
-    from edgekit.runtime.grpc.pool import LifoPool
 
 __all__ = [
     "AdminServicer",
@@ -50,6 +49,7 @@ __all__ = [
     "ErrorInterceptor",
     "InferenceServicer",
     "SERVICE_NAMES",
+    "error_status",
 ]
 
 log = logging.getLogger(__name__)
@@ -366,38 +366,49 @@ def _guard_stream(behavior: Callable[..., Iterator[Any]], method: str) -> Callab
 
 def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
     """End the RPC with the status ``exc`` maps to (``context.abort`` raises)."""
+    if not isinstance(exc, EdgekitError) and context.code() not in (None, grpc.StatusCode.OK):
+        raise exc  # the servicer aborted with a status of its choosing
+    context.abort(*error_status(exc, method))
+
+
+def error_status(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status code and details an exception from a servicer ends its RPC with, logged: an
+    :class:`~edgekit.errors.EdgekitError` its own code and message, anything else (a bug) INTERNAL
+    without details, its traceback in the log. Shared by :class:`ErrorInterceptor` and the fast
+    lane (:mod:`edgekit.runtime.grpc.lane`)."""
     if isinstance(exc, EdgekitError):
         code = getattr(grpc.StatusCode, exc.grpc_status, grpc.StatusCode.INTERNAL)
         # refusals under load are counted in /metrics; a line each would flood the log when it matters
         level = logging.DEBUG if isinstance(exc, (Overloaded, DeadlineExceeded)) else logging.INFO
         log.log(level, "event=rpc_error method=%s code=%s error=%s", method, code.name, exc)
-        context.abort(code, str(exc))
-    if context.code() not in (None, grpc.StatusCode.OK):
-        raise exc  # the servicer aborted with a status of its choosing
+        return code, str(exc)
     log.error("event=rpc_internal_error method=%s error=%r", method, exc, exc_info=exc)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
 
 
 class Admission:
     """The in-flight bound: refuse a call at once (RESOURCE_EXHAUSTED, with the reason) while
-    ``limit`` RPCs already run or wait for a worker thread, and tell ``on_refused``. The bounded,
-    counted form of grpcio's ``maximum_concurrent_rpcs`` (which refuses without a hook for
-    metrics); :class:`ErrorInterceptor` asks it for edgekit's services only, so health checks
-    always pass (probes must see a busy server as alive)."""
+    ``limit`` RPCs already run or wait for a worker thread (``held()`` counts them), and tell
+    ``on_refused``. The bounded, counted form of grpcio's ``maximum_concurrent_rpcs`` (which
+    refuses without a hook for metrics); :class:`ErrorInterceptor` and the fast lane ask it for
+    edgekit's services only, so health checks always pass (probes must see a busy server as alive)."""
 
-    def __init__(self, pool: LifoPool, limit: int, on_refused: Callable[[str], None]) -> None:
-        self._pool = pool
+    def __init__(self, held: Callable[[], int], limit: int, on_refused: Callable[[str], None]) -> None:
+        self._held = held
         self._limit = limit
         self._on_refused = on_refused
 
-    def refusal(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
-        """A refusing handler if the server is full, else None."""
-        held = self._pool.held  # read in gRPC's polling thread, the only one that submits: it can only fall
+    def reason(self) -> str | None:
+        """Why the server refuses a call now (counted as refused), or None if it takes it."""
+        held = self._held()  # no lock: two calls accepted at once (by gRPC's thread and the lane's) may both pass
         if held < self._limit:
             return None
         reason = (f"the server is at capacity: {held} calls running or waiting for a thread, at most "
                   f"{self._limit} (--max-inflight); retry with backoff")
         self._on_refused(reason)
-        return refusing_handler(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+        return reason
 
-
+    def refusal(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+        """A refusing handler if the server is full, else None."""
+        reason = self.reason()
+        return None if reason is None else refusing_handler(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, reason)

@@ -1,0 +1,346 @@
+"""The fast lane: the unary classify calls served straight from gRPC's completion queue.
+
+grpcio's synchronous server runs each call through Python machinery made for every kind of RPC:
+its one polling thread takes the new call and hands it to a pool thread, which asks for the
+request message and sleeps on a condition until the polling thread has received it and wakes it
+again; interceptors and the servicer context are built around each call; the answer goes out in
+a third step. At one client every hand-over wakes a sleeping thread on cold caches. Measured on
+the demo ``onnx-int8`` bundle at one client (issue 12, session 14, 1000 interleaved rounds):
+the same bare echo answered 0.25-0.47 ms faster served from a loop on the completion queue than
+from ``grpc.server``, and the same bare model server 0.28-0.58 ms faster; ``grpc.aio`` measured no
+faster than ``grpc.server`` (sessions 9-10).
+
+Here :class:`FastLane` registers ``Classify`` and the Open Inference Protocol's ``ModelInfer``
+with gRPC's C core on a completion queue of its own (``grpc._cython.cygrpc``, the binding grpcio's
+own servers are built on) and polls it with two threads. The thread that receives a request runs
+it at once when nothing else is running (the kiosk's case: no hand-over at all); otherwise it
+hands the call to the server's worker pool and goes back to polling, so that under load calls run
+side by side and form micro-batches as before, and one polling thread is always free to accept
+(and, at the in-flight bound, to refuse) new calls. Everything else (health, reflection, the
+admin API, ``ClassifyStream``, the other v2 methods) stays on ``grpc.server``.
+
+The lane answers as the interceptors would: a bearer token checked
+(:func:`~edgekit.runtime.security.auth_refusal`), the in-flight bound (:class:`Admission`, counting
+the lane's calls and the pool's), a malformed request INVALID_ARGUMENT, errors mapped by
+:func:`~edgekit.runtime.grpc.servicers.error_status`, bookkeeping after the response
+(:mod:`edgekit.runtime.deferred`). The servicers get a context with what they use of
+``grpc.ServicerContext`` (:class:`LaneContext`).
+
+Hand-written: no library serves Python handlers from gRPC's C core without grpcio's per-call
+machinery. It relies on grpcio internals (``grpc._cython.cygrpc`` and ``grpc.Server._cy_server``):
+:func:`lane_available` checks them, the server falls back to ``grpc.server`` alone (with a warning)
+when they are missing, ``edgekit serve --no-fast-lane`` turns the lane off, and the test suite runs
+the server's behaviour both ways.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from edgekit.runtime.deferred import run_deferred, start_call
+from edgekit.runtime.grpc.servicers import error_status
+
+from edgekit.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgekit.runtime.grpc.pool import LifoPool
+    from edgekit.runtime.grpc.servicers import Admission
+
+try:
+    from grpc._cython import cygrpc
+except ImportError:  # pragma: no cover - grpcio always ships it today
+    cygrpc = None
+
+__all__ = ["LANE_METHODS", "FastLane", "LaneContext", "lane_available"]
+
+log = logging.getLogger(__name__)
+
+# the unary methods the lane serves: the ones a kiosk calls once per query
+LANE_METHODS = frozenset({"/edgekit.v1.EdgeClassifier/Classify", "/inference.GRPCInferenceService/ModelInfer"})
+
+_POLLERS = 2  # one may run a call while the other accepts (module docstring)
+_POLL_S = 1.0  # how often an idle poller looks at the stop flag
+_CODES = {code: code.value[0] for code in grpc.StatusCode}
+
+
+def lane_available() -> str | None:
+    """Why this grpcio cannot carry the fast lane, or None if it can."""
+    if cygrpc is None:
+        return "grpcio has no grpc._cython.cygrpc"
+    needed = {"CompletionQueue": ("poll", "shutdown"), "Server": ("register_method", "request_registered_call",
+                                                                  "register_completion_queue")}
+    for name, methods in needed.items():
+        kind = getattr(cygrpc, name, None)
+        missing = [m for m in methods if not hasattr(kind, m)]
+        if kind is None or missing:
+            return f"grpcio's cygrpc.{name} lacks {missing or 'itself'}"
+    if not hasattr(grpc._server._Server, "add_registered_method_handlers"):  # type: ignore[attr-defined]
+        return "grpcio's server has no registered methods"
+    return None
+
+
+class LaneContext:
+    """What edgekit's servicers use of ``grpc.ServicerContext``: ``time_remaining``,
+    ``invocation_metadata``, ``peer``, ``abort`` (raises) and ``code``."""
+
+    __slots__ = ("_deadline", "_metadata", "_call")
+
+    def __init__(self, deadline: float, metadata: Sequence[tuple[str, Any]], call: Any) -> None:
+        self._deadline = deadline
+        self._metadata = metadata
+        self._call = call
+
+    def time_remaining(self) -> float:
+        return max(self._deadline - time.time(), 0.0)
+
+    def invocation_metadata(self) -> Sequence[tuple[str, Any]]:
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._call.peer()
+
+    def code(self) -> None:
+        return None  # a status is only ever set by abort(), which raises
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _Method:
+    """A lane method: its path, the servicer's behaviour and the (de)serializers, from the
+    generated ``add_*Servicer_to_server``. It is also the tag of its new-call events."""
+
+    __slots__ = ("path", "behavior", "parse", "serialize")
+
+    def __init__(self, path: str, handler: grpc.RpcMethodHandler) -> None:
+        if handler.unary_unary is None:
+            raise ConfigError(f"the fast lane serves unary methods only; {path} is not one")
+        self.path = path
+        self.behavior = handler.unary_unary
+        self.parse = handler.request_deserializer
+        self.serialize = handler.response_serializer
+
+
+class _Call:
+    """A call accepted by the lane, waiting for its request message (the tag of that event)."""
+
+    __slots__ = ("method", "call", "deadline", "metadata")
+
+    def __init__(self, method: _Method, event: Any) -> None:
+        self.method = method
+        self.call = event.call
+        self.deadline = event.call_details.deadline
+        self.metadata = event.invocation_metadata
+
+
+_SENT = "sent"  # the tag of a call's last batch: nothing left to do when it completes
+
+
+class FastLane:
+    """Serves :data:`LANE_METHODS` on ``server`` (a ``grpc.server`` not yet started) from a
+    completion queue of its own. :meth:`add` the methods (through :meth:`registrar`), start the
+    server, then :meth:`start` the lane; :meth:`stop` it after the server has stopped."""
+
+    def __init__(self, server: grpc.Server, pool: LifoPool, *, authorize: Callable[[Any], str | None] | None = None,
+                 admission: Admission | None = None) -> None:
+        reason = lane_available()
+        if reason is not None:
+            raise ConfigError(f"the fast lane cannot run on this grpcio ({grpc.__version__}): {reason}")
+        self._server = server
+        self._core = server._cy_server  # type: ignore[attr-defined]
+        self._cq = cygrpc.CompletionQueue()
+        self._core.register_completion_queue(self._cq)
+        self._pool = pool
+        self._authorize = authorize
+        self._admission = admission
+        self._methods: dict[str, _Method] = {}
+        self._lock = threading.Condition()
+        self._held = 0  # calls accepted here and not handed to the pool or finished
+        self._pooled = 0  # calls handed to the pool and not finished
+        self._alone = threading.Lock()  # held by the poller running a call itself
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    @property
+    def held(self) -> int:
+        """Calls the lane has accepted and neither finished nor handed to the pool."""
+        return self._held
+
+    @property
+    def methods(self) -> frozenset[str]:
+        return frozenset(self._methods)
+
+    def add(self, path: str, handler: grpc.RpcMethodHandler) -> None:
+        """Serve ``path`` (``/package.Service/Method``) with ``handler``'s unary behaviour."""
+        if self._threads:
+            raise RuntimeError("add methods before the lane starts")
+        self._core.register_method(path)
+        self._methods[path] = _Method(path, handler)
+
+    def registrar(self) -> _Registrar:
+        """What to pass a generated ``add_*Servicer_to_server`` instead of the server: the
+        :data:`LANE_METHODS` come to the lane, the others go to the server."""
+        return _Registrar(self._server, self)
+
+    def start(self) -> None:
+        """Ask for the first call of each method and start polling (the server has started)."""
+        for method in self._methods.values():
+            self._core.request_registered_call(self._cq, self._cq, method.path, method)
+        for i in range(_POLLERS):
+            thread = threading.Thread(target=self._poll, name=f"edgekit-lane_{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop polling, once the server has stopped (no new calls) and the lane's calls have
+        finished (a pool thread may still be running one the server cancelled: its answer must
+        find the queue open), then close the queue."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._held + self._pooled == 0, timeout_s):
+                log.warning("event=lane_stop_timeout calls=%d", self._held + self._pooled)
+        self._stopping = True
+        self._cq.shutdown()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def _poll(self) -> None:
+        cq = self._cq
+        timeout, shutdown = cygrpc.CompletionType.queue_timeout, cygrpc.CompletionType.queue_shutdown
+        while True:
+            event = cq.poll(time.time() + _POLL_S)
+            kind = event.completion_type
+            if kind == timeout:
+                if self._stopping:
+                    return
+                continue
+            if kind == shutdown:
+                return
+            tag = event.tag
+            try:
+                if type(tag) is _Call:
+                    self._received(tag, event)
+                elif type(tag) is _Method:
+                    self._accept(tag, event)
+            except Exception:  # a bug here must not stop the poller; the call gets INTERNAL if it can
+                log.exception("event=lane_error tag=%s", type(tag).__name__)
+                if type(tag) is _Call and event.success:
+                    self._release()
+                    self._end(tag.call, grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    def _accept(self, method: _Method, event: Any) -> None:
+        if not event.success:  # the server is shutting down: no more calls to ask for
+            return
+        self._core.request_registered_call(self._cq, self._cq, method.path, method)
+        call = _Call(method, event)
+        reason = self._authorize(call.metadata) if self._authorize is not None else None
+        if reason is not None:
+            self._end(call.call, grpc.StatusCode.UNAUTHENTICATED, reason)
+            return
+        reason = self._admission.reason() if self._admission is not None else None
+        if reason is not None:
+            self._end(call.call, grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+            return
+        with self._lock:
+            self._held += 1
+        call.call.start_server_batch((cygrpc.ReceiveMessageOperation(0),), call)
+
+    def _received(self, call: _Call, event: Any) -> None:
+        message = event.batch_operations[0].message() if event.success else None
+        if message is None:  # the client went away, or closed without a message
+            self._release()
+            if event.success:
+                self._end(call.call, grpc.StatusCode.UNIMPLEMENTED,
+                          f"{call.method.path} requires exactly one request message")
+            return
+        if self._alone.acquire(blocking=False):
+            if self._pooled == 0:  # no other call running: run it here, no hand-over
+                try:
+                    start_call()
+                    self._run(call, message)
+                finally:
+                    self._release()
+                    self._alone.release()
+                run_deferred()  # the answer is on its way: now the call's bookkeeping
+                return
+            self._alone.release()
+        with self._lock:
+            self._pooled += 1
+        self._pool.submit(self._run_pooled, call, message)  # counted in the pool's held from here
+        self._release()
+
+    def _run_pooled(self, call: _Call, message: bytes) -> None:
+        try:
+            self._run(call, message)
+        finally:
+            with self._lock:
+                self._pooled -= 1
+                if not self._pooled:
+                    self._lock.notify_all()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._held -= 1
+            if not self._held:
+                self._lock.notify_all()
+
+    def _run(self, call: _Call, message: bytes) -> None:
+        method = call.method
+        try:
+            request = method.parse(message)
+        except Exception as exc:  # protobuf's DecodeError: the client's fault, not INTERNAL
+            self._end(call.call, grpc.StatusCode.INVALID_ARGUMENT,
+                      f"malformed request message ({len(message)} bytes): {exc}")
+            return
+        try:
+            answer = method.serialize(method.behavior(request, LaneContext(call.deadline, call.metadata, call.call)))
+        except _Aborted as exc:
+            self._end(call.call, exc.code, exc.details)
+        except Exception as exc:
+            self._end(call.call, *error_status(exc, method.path))
+        else:
+            call.call.start_server_batch(
+                (cygrpc.SendInitialMetadataOperation((), 0), cygrpc.SendMessageOperation(answer, 0),
+                 cygrpc.SendStatusFromServerOperation((), _CODES[grpc.StatusCode.OK], b"", 0),
+                 cygrpc.ReceiveCloseOnServerOperation(0)), _SENT)
+
+    def _end(self, call: Any, code: grpc.StatusCode, details: str) -> None:
+        """End ``call`` with ``code`` and ``details``, no answer."""
+        call.start_server_batch(
+            (cygrpc.SendInitialMetadataOperation((), 0),
+             cygrpc.SendStatusFromServerOperation((), _CODES[code], details.encode("utf-8"), 0),
+             cygrpc.ReceiveCloseOnServerOperation(0)), _SENT)
+
+
+class _Registrar:
+    """Stands for the server in a generated ``add_*Servicer_to_server``: the lane's methods go to
+    the lane, the service's others to the server (registered and generic, as the generated code
+    would add them)."""
+
+    def __init__(self, server: grpc.Server, lane: FastLane) -> None:
+        self._server = server
+        self._lane = lane
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the generated code adds the same methods as registered ones next: handled there
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        rest = {}
+        for name, handler in handlers.items():
+            path = f"/{service}/{name}"
+            if path in LANE_METHODS:
+                self._lane.add(path, handler)
+            else:
+                rest[name] = handler
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, rest),))
+        self._server.add_registered_method_handlers(service, rest)
