@@ -35,6 +35,7 @@ the server's behaviour both ways.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -79,7 +80,11 @@ def lane_available() -> str | None:
         missing = [m for m in methods if not hasattr(kind, m)]
         if kind is None or missing:
             return f"grpcio's cygrpc.{name} lacks {missing or 'itself'}"
-    if not hasattr(grpc._server._Server, "add_registered_method_handlers"):  # type: ignore[attr-defined]
+    try:
+        from grpc._server import _Server
+    except ImportError:
+        return "grpcio has no grpc._server"
+    if not hasattr(_Server, "add_registered_method_handlers"):
         return "grpcio's server has no registered methods"
     return None
 
@@ -234,14 +239,17 @@ class FastLane:
                     self._accept(tag, event)
             except Exception:  # a bug here must not stop the poller; the call gets INTERNAL if it can
                 log.exception("event=lane_error tag=%s", type(tag).__name__)
-                if type(tag) is _Call and event.success:
-                    self._release()
-                    self._end(tag.call, grpc.StatusCode.INTERNAL, "internal error; see the server log")
+                if type(tag) is _Call:
+                    with contextlib.suppress(Exception):  # it may have its status already
+                        self._end(tag.call, grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
     def _accept(self, method: _Method, event: Any) -> None:
         if not event.success:  # the server is shutting down: no more calls to ask for
             return
-        self._core.request_registered_call(self._cq, self._cq, method.path, method)
+        try:
+            self._core.request_registered_call(self._cq, self._cq, method.path, method)
+        except Exception as exc:  # the server began shutting down meanwhile; this call is still served
+            log.debug("event=lane_request_refused method=%s error=%r", method.path, exc)
         call = _Call(method, event)
         reason = self._authorize(call.metadata) if self._authorize is not None else None
         if reason is not None:
@@ -253,40 +261,56 @@ class FastLane:
             return
         with self._lock:
             self._held += 1
-        call.call.start_server_batch((cygrpc.ReceiveMessageOperation(0),), call)
+        try:
+            call.call.start_server_batch((cygrpc.ReceiveMessageOperation(0),), call)
+        except BaseException:
+            self._release()
+            with contextlib.suppress(Exception):
+                self._end(call.call, grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            raise
 
     def _received(self, call: _Call, event: Any) -> None:
-        message = event.batch_operations[0].message() if event.success else None
-        if message is None:  # the client went away, or closed without a message
-            self._release()
-            if event.success:
-                self._end(call.call, grpc.StatusCode.UNIMPLEMENTED,
-                          f"{call.method.path} requires exactly one request message")
-            return
-        if self._alone.acquire(blocking=False):
-            if self._pooled == 0:  # no other call running: run it here, no hand-over
-                try:
-                    start_call()
-                    self._run(call, message)
-                finally:
-                    self._release()
-                    self._alone.release()
-                run_deferred()  # the answer is on its way: now the call's bookkeeping
+        """Run the call here if nothing else runs, else hand it to the pool; either way it is no
+        longer the lane's to count once this returns."""
+        try:
+            message = event.batch_operations[0].message() if event.success else None
+            if message is None:  # the client went away, or closed without a message
+                if event.success:
+                    self._end(call.call, grpc.StatusCode.UNIMPLEMENTED,
+                              f"{call.method.path} requires exactly one request message")
                 return
-            self._alone.release()
-        with self._lock:
-            self._pooled += 1
-        self._pool.submit(self._run_pooled, call, message)  # counted in the pool's held from here
-        self._release()
+            if self._alone.acquire(blocking=False):
+                try:
+                    if self._pooled == 0:  # no other call running: run it here, no hand-over
+                        start_call()
+                        try:
+                            self._run(call, message)
+                        finally:
+                            run_deferred()  # the answer is on its way: now the call's bookkeeping
+                        return
+                finally:
+                    self._alone.release()
+            with self._lock:
+                self._pooled += 1
+            try:
+                self._pool.submit(self._run_pooled, call, message)  # counted in the pool's held from here
+            except BaseException:
+                self._finish_pooled()
+                raise
+        finally:
+            self._release()
 
     def _run_pooled(self, call: _Call, message: bytes) -> None:
         try:
             self._run(call, message)
         finally:
-            with self._lock:
-                self._pooled -= 1
-                if not self._pooled:
-                    self._lock.notify_all()
+            self._finish_pooled()
+
+    def _finish_pooled(self) -> None:
+        with self._lock:
+            self._pooled -= 1
+            if not self._pooled:
+                self._lock.notify_all()
 
     def _release(self) -> None:
         with self._lock:
