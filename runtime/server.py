@@ -9,7 +9,10 @@ ready, and NOT_SERVING again as soon as :meth:`EdgeServer.stop` starts draining.
 
 The server is synchronous (a thread pool): each running RPC holds one worker, and so does
 every open ``ClassifyStream`` for as long as it stays open, so size ``max_workers`` for the
-number of kiosks that keep a stream open plus the expected concurrent calls.
+number of kiosks that keep a stream open plus the expected concurrent calls. ``Classify`` and
+``ModelInfer`` come in by the fast lane (:mod:`edgekit.runtime.grpc.lane`, unless
+``fast_lane=False``): a lone call runs on the lane thread that received it, and calls that find
+another running go to the same pool.
 """
 
 from __future__ import annotations

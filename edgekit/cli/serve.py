@@ -403,18 +403,22 @@ def _serve_workers(ctx: click.Context, workers: int) -> None:
     params = dict(ctx.params)
     threads = threads_per_worker(workers, params["threads"])
     skip = {"bundle", "workers", "metrics_port", "port", "threads"}
-    flags = {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option)}
+    options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
     argv = [sys.executable, "-m", "edgekit", "serve", str(params["bundle"]), "--threads", str(threads)]
     from click.core import ParameterSource
 
     for name, value in params.items():
         # only what the user gave: a default passed on would count as given (--record-max-bytes without --record)
-        if name in skip or value is None or value is False or ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
+        if name in skip or value is None or ctx.get_parameter_source(name) == ParameterSource.DEFAULT:
             continue
-        if isinstance(value, tuple):  # a repeatable option (--redact): once per value
-            argv += [arg for item in value for arg in (flags[name], str(item))]
-            continue
-        argv += [flags[name]] if value is True else [flags[name], str(value)]
+        flag = options[name].opts[0]
+        if isinstance(value, bool):  # a flag, or the off side of a pair (--no-fast-lane)
+            off = options[name].secondary_opts
+            argv += [flag] if value else off[:1]
+        elif isinstance(value, tuple):  # a repeatable option (--redact): once per value
+            argv += [arg for item in value for arg in (flag, str(item))]
+        else:
+            argv += [flag, str(value)]
     params_port = params["port"]
     security = _security(params["host"], **{name: params[name] for name in _SECURITY_OPTIONS})
     code = serve_workers(lambda port: [*argv, "--port", str(port)], workers, host=params["host"], port=params_port,

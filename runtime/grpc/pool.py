@@ -21,7 +21,7 @@ returned (gRPC has handed its response to the transport), the worker runs what t
 
 :attr:`LifoPool.held` counts the calls submitted and not yet finished (running or waiting for
 a thread): the server's in-flight bound (:class:`~edgekit.runtime.grpc.servicers.Admission`)
-reads it.
+reads it, with the fast lane's own count (:mod:`edgekit.runtime.grpc.lane`).
 """
 
 from __future__ import annotations

@@ -78,6 +78,37 @@ def test_serve_passes_cloud_max_inflight_to_the_cascade(monkeypatch, converted):
     assert result.exit_code != 0 and "--cloud-max-inflight" in result.output
 
 
+def test_serve_passes_the_fast_lane_choice_to_the_server_and_to_its_workers(monkeypatch, converted):
+    """`--no-fast-lane` reaches the server's settings, and the argv of each `--workers` process
+    (the off side of a flag pair, which the workers' argv once dropped as "not given")."""
+    import edgekit.cli.serve as serve_cli
+    import edgekit.runtime.workers as workers
+
+    seen = {}
+
+    def fake_serve(model, settings, **kwargs):
+        seen["fast_lane"] = settings.fast_lane
+        model.close()
+
+    def fake_workers(worker_argv, n, **kwargs):
+        seen["argv"] = worker_argv(1234)
+        return 0
+
+    monkeypatch.setattr(serve_cli, "_serve", fake_serve)
+    monkeypatch.setattr(workers, "serve_workers", fake_workers)
+    bundle = str(next(b for b in converted.bundles if b.name == "onnx-int8"))
+    for args, expected in (([], True), (["--no-fast-lane"], False), (["--fast-lane"], True)):
+        result = CliRunner().invoke(cli, ["serve", bundle, "--port", "0", *args])
+        assert result.exit_code == 0, result.output
+        assert seen.pop("fast_lane") is expected
+    for args, passed in (([], []), (["--no-fast-lane"], ["--no-fast-lane"]), (["--fast-lane"], ["--fast-lane"])):
+        result = CliRunner().invoke(cli, ["serve", bundle, "--workers", "2", "--max-batch-size", "4", *args])
+        assert result.exit_code == 0, result.output
+        argv = seen.pop("argv")
+        assert [a for a in argv if "fast-lane" in a] == passed, argv
+        assert argv[argv.index("--max-batch-size") + 1] == "4" and argv[-2:] == ["--port", "1234"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--engine-cpus", "1", "--workers", "2"], "--engine-cpus with --workers is not implemented"),
     (["--engine-cpus", "1", "--max-batch-size", "1"], "--engine-cpus needs micro-batching"),
