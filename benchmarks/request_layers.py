@@ -13,7 +13,7 @@ three with ``benchmarks/engine_timeline/sitecustomize.py`` timing each layer of 
 in-process model as ``benchmarks/server_overhead.py`` does (so every call runs on the caches the
 others left), and prints, per layer, the median time and *own* time per call (less its timed
 callees) in each server, and per call the Python around the model inside the handler (the
-handler's time less tokenizer and engine). The in-process harness (``request_path.py``) guesses
+handler's time less tokenizer and engine; on edgekit's fast lane the handler is the servicer). The in-process harness (``request_path.py``) guesses
 this from one process; this measures it where it is paid. Issue 12's session-12 profile came from it.
 """
 
@@ -35,6 +35,7 @@ from edgekit.cli import run_command
 
 _WARMUP_CALLS = 20  # the interleaved benchmark's warm-up rounds, one call each
 _HANDLER, _TOKENIZE, _ENGINE = "grpc: handler call", "model: tokenize", "onnxruntime: run"
+_LANE_HANDLER = "servicer: Classify"  # a call on edgekit's fast lane has no grpcio handler layer: its servicer is it
 
 
 def layer_rows(records: dict[str, list[dict[str, list[float]]]]) -> list[dict[str, Any]]:
@@ -60,7 +61,8 @@ def layer_rows(records: dict[str, list[dict[str, list[float]]]]) -> list[dict[st
 def handler_python_us(calls: list[dict[str, list[float]]]) -> float | None:
     """Median over calls of the handler's time less the tokenizer's and the engine's: the Python
     around the model inside the handler (µs)."""
-    values = [c[_HANDLER][0] - c.get(_TOKENIZE, (0.0,))[0] - c.get(_ENGINE, (0.0,))[0] for c in calls if _HANDLER in c]
+    handler = _HANDLER if any(_HANDLER in c for c in calls) else _LANE_HANDLER
+    values = [c[handler][0] - c.get(_TOKENIZE, (0.0,))[0] - c.get(_ENGINE, (0.0,))[0] for c in calls if handler in c]
     return round(float(np.median(values)) * 1e6, 1) if values else None
 
 

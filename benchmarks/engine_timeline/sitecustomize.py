@@ -5,7 +5,7 @@
 and the lists are written to FILE (JSON) every second.
 
 ``EDGEKIT_LAYERS=FILE`` (``benchmarks/request_layers.py``): each unary call a gRPC worker thread
-runs is timed layer by layer (gRPC's handler call and response, the servicer, the data plane, the
+(or edgekit's fast lane) runs is timed layer by layer (gRPC's handler call and response, the servicer, the data plane, the
 cascade, the batcher, tokenizer and engine): per call, every layer's time and its *own* time (its
 time less its timed callees'), written to FILE (JSON, one dict per call) every second. Layers that
 run outside a call (the warm-up) are not counted. Each timed layer adds its wrapper's cost (a
@@ -70,11 +70,14 @@ if _TIMELINE:
     _PATCHES.update({"edgekit.runtime.batching": [_patch_batcher], "onnxruntime": [_patch_onnxruntime]})
 
 if _LAYERS:
-    # module -> (attribute path, layer name); the root layer opens a call's record
-    _ROOT = "grpc: worker runs the call"
+    # module -> (attribute path, layer name); a root layer opens a call's record: grpcio's worker
+    # running a call, or edgekit's fast lane running one (parse, servicer, answer sent)
+    _ROOT, _LANE_ROOT = "grpc: worker runs the call", "lane: runs the call"
+    _ROOTS = (_ROOT, _LANE_ROOT)
     _TIMED = {
         "grpc._server": [("_unary_response_in_pool", _ROOT), ("_call_behavior", "grpc: handler call"),
                          ("_status", "grpc: response sent")],
+        "edgekit.runtime.grpc.lane": [("FastLane._run", _LANE_ROOT)],
         "edgekit.runtime.grpc.servicers": [("EdgeClassifierServicer.Classify", "servicer: Classify")],
         "edgekit.runtime.dataplane": [("DataPlane.classify", "data plane: classify"),
                                       ("DataPlane.validate", "data plane: validate"),
@@ -97,7 +100,7 @@ if _LAYERS:
         def timed(*args, **kwargs):
             stack = getattr(_local, "stack", None)
             if stack is None:
-                if name != _ROOT:
+                if name not in _ROOTS:
                     return original(*args, **kwargs)  # outside a call: not counted
                 stack = _local.stack = []
                 _local.record = {}

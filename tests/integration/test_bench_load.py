@@ -216,11 +216,16 @@ def test_the_request_layers_benchmark_times_each_layer_inside_the_servers(bundle
     result = json.loads((out / "results.json").read_text())
     assert list(result["client_p50_ms"]) == ["in-process", "grpc-echo", "bare-model", "fused-minimum", "edgekit serve"]
     layers = {row["layer"]: row for row in result["layers"]}
-    assert result["layers"][0]["layer"] == "grpc: worker runs the call"  # the outermost first
-    for name in ("grpc: handler call", "grpc: response sent", "servicer: Classify", "data plane: classify",
+    # each server's outermost layer first: edgekit's fast lane, grpcio's worker running a call (bare servers)
+    for server, root in (("edgekit serve", "lane: runs the call"), ("bare-model", "grpc: worker runs the call"),
+                         ("fused-minimum", "grpc: worker runs the call")):
+        assert next(row["layer"] for row in result["layers"] if row[server] is not None) == root, server
+    for name in ("lane: runs the call", "servicer: Classify", "data plane: classify",
                  "cascade: classify", "batcher: submit", "model: tokenize", "model: run", "onnxruntime: run"):
         assert layers[name]["edgekit serve"] is not None, name
+    assert layers["grpc: handler call"]["edgekit serve"] is None  # a lone Classify never enters grpcio's pool path
     assert layers["servicer: Classify"]["bare-model"] is None and layers["model: logits"]["bare-model"] is not None
+    assert layers["lane: runs the call"]["bare-model"] is None and layers["grpc: handler call"]["bare-model"]
     fused = {name for name, row in layers.items() if row["fused-minimum"] is not None}
     assert "data plane: validate" in fused and "cascade: classify" not in fused
     for row in result["layers"]:
