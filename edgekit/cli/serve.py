@@ -110,7 +110,7 @@ def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "calls are refused at once with RESOURCE_EXHAUSTED (health checks excepted)."),
         click.option("--fast-lane/--no-fast-lane", default=True, show_default=True,
                      help="Serve Classify and ModelInfer straight from gRPC's completion queue, a lone call on "
-                          "the thread that received it (about 0.3 ms less per call at one client); off: "
+                          "the thread that received it (0.3-0.5 ms less per call at one client); off: "
                           "grpcio's own server path for every method."),
         click.option("--tls-cert", type=_FILE, default=None, help="TLS certificate chain (PEM); needs --tls-key."),
         click.option("--tls-key", type=_FILE, default=None, help="TLS private key (PEM) of --tls-cert."),

@@ -180,3 +180,26 @@ def test_stop_lets_a_running_lane_call_finish():
             stopping.join(10)
             assert not stopping.is_alive()
     assert not any(t.name.startswith("edgekit-lane_") for t in threading.enumerate())
+
+
+def _until(condition, timeout_s: float = 5.0) -> bool:
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return condition()
+
+
+def test_a_call_the_client_gave_up_on_is_counted_out_and_the_lane_serves_on():
+    model = KeywordModel(hold_on="hold")
+    with serving(model) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = ek_grpc.EdgeClassifierStub(channel)
+            with pytest.raises(grpc.RpcError) as gone:
+                stub.Classify(ek.ClassifyRequest(texts=["hold: where is my package"]), timeout=0.3)
+            assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            model.release.set()
+            assert _until(lambda: server._held_calls() == 0), server._held_calls()
+            for _ in range(20):
+                assert stub.Classify(ek.ClassifyRequest(texts=["cancel my order"]), timeout=5).predictions
+            assert _until(lambda: server._held_calls() == 0), server._held_calls()  # no call left counted in
