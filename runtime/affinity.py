@@ -19,7 +19,12 @@ from contextlib import contextmanager
 
 from edgekit.errors import ConfigError
 
-__all__ = ["parse_cpu_list", "pin_thread", "pinned", "split_cpus"]
+__all__ = ["RESERVED_CPUS_ENV", "format_cpus", "parse_cpu_list", "pin_thread", "pinned", "split_cpus",
+           "worker_cpus"]
+
+# Set by `serve --workers N --engine-cpus LIST` in its workers' environment: every worker's engine
+# CPUs, which the other threads of each worker leave alone (not only its own engine's)
+RESERVED_CPUS_ENV = "EDGEKIT_ENGINE_CPUS_RESERVED"
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:
@@ -42,9 +47,10 @@ def parse_cpu_list(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def split_cpus(engine: frozenset[int]) -> tuple[frozenset[int], frozenset[int]]:
-    """The engine's CPUs and the rest of the CPUs this process may use; ConfigError unless the
-    engine's are among them and leave at least one for the rest."""
+def split_cpus(engine: frozenset[int], reserved: frozenset[int] | None = None) -> tuple[frozenset[int], frozenset[int]]:
+    """The engine's CPUs and the rest of the CPUs this process may use, less ``reserved`` too (the
+    engines of the other ``--workers``); ConfigError unless the engine's are among them and leave at
+    least one for the rest."""
     if not hasattr(os, "sched_setaffinity"):
         raise ConfigError("--engine-cpus needs Linux (os.sched_setaffinity); it is not implemented here")
     allowed = frozenset(os.sched_getaffinity(0))
@@ -52,11 +58,33 @@ def split_cpus(engine: frozenset[int]) -> tuple[frozenset[int], frozenset[int]]:
     if missing:
         raise ConfigError(f"--engine-cpus: CPU {', '.join(map(str, missing))} is not available to this process "
                           f"(it may use {_format(allowed)})")
-    rest = allowed - engine
+    taken = engine | (reserved or frozenset())
+    rest = allowed - taken
     if not rest:
-        raise ConfigError(f"--engine-cpus {_format(engine)} leaves no CPU for the server's other threads "
+        raise ConfigError(f"--engine-cpus {_format(taken)} leaves no CPU for the server's other threads "
                           f"(it may use {_format(allowed)})")
     return engine, rest
+
+
+def worker_cpus(engine: frozenset[int], workers: int) -> list[frozenset[int]]:
+    """``engine`` split into ``workers`` groups of consecutive CPUs, one per ``serve --workers``
+    process (sizes differ by at most one); ConfigError if there are fewer CPUs than workers."""
+    if len(engine) < workers:
+        raise ConfigError(f"--engine-cpus names {len(engine)} CPU(s) for {workers} workers: each worker's engine "
+                          "needs one of its own (name more CPUs, or run fewer workers)")
+    cpus = sorted(engine)
+    size, extra = divmod(len(cpus), workers)
+    groups, start = [], 0
+    for i in range(workers):
+        end = start + size + (i < extra)
+        groups.append(frozenset(cpus[start:end]))
+        start = end
+    return groups
+
+
+def format_cpus(cpus: frozenset[int]) -> str:
+    """CPUs as ``--engine-cpus`` takes them (``2,3``)."""
+    return _format(cpus)
 
 
 def pin_thread(cpus: frozenset[int]) -> None:

@@ -81,20 +81,21 @@ def _drain(proc: subprocess.Popen) -> None:
         sys.stderr.write(line)
 
 
-def serve_workers(worker_argv: Callable[[int], list[str]], workers: int, *, host: str, port: int,
+def serve_workers(worker_argv: Callable[[int, int], list[str]], workers: int, *, host: str, port: int,
                   metrics_port: int | None, grace_s: float, echo: Callable[[str], None] = print,
-                  security: Security | None = None) -> int:
-    """Run ``workers`` processes of ``worker_argv(port)`` on one port until a signal; returns the exit code.
-    ``security``: the workers' TLS, which the summed ``/metrics`` serves with too."""
+                  security: Security | None = None, env: dict[str, str] | None = None) -> int:
+    """Run ``workers`` processes of ``worker_argv(port, i)`` (i: the worker's index) on one port until a
+    signal; returns the exit code. ``security``: the workers' TLS, which the summed ``/metrics`` serves
+    with too; ``env``: more environment for the workers."""
     security = security or Security()
     port = port or free_port(host)
     mp_dir = tempfile.mkdtemp(prefix="edgekit-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": mp_dir, REUSE_PORT_ENV: "1"}
+    env = {**os.environ, **(env or {}), "PROMETHEUS_MULTIPROC_DIR": mp_dir, REUSE_PORT_ENV: "1"}
     procs: list[subprocess.Popen] = []
     stopping = threading.Event()
     try:
-        for _ in range(workers):
-            proc, line = _start(worker_argv(port), env)
+        for index in range(workers):
+            proc, line = _start(worker_argv(port, index), env)
             procs.append(proc)
             log.info("event=worker_serving pid=%d %s", proc.pid, line)
         httpd = _serve_metrics(host, metrics_port, mp_dir, security) if metrics_port is not None else None

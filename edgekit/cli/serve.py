@@ -286,7 +286,8 @@ def _monitor_settings(ctx: click.Context, given: dict[str, Any]):
 @click.option("--engine-cpus", metavar="LIST", default=None,
               help="Linux: run the model's engine thread on these CPUs (such as 1, 2,3 or 2-3) and the "
                    "server's other threads on the rest, so that under load the engine keeps its cores and "
-                   "caches. Needs micro-batching; --threads defaults to their number. Not with --workers.")
+                   "caches. Needs micro-batching; --threads defaults to their number. With --workers N, LIST is "
+                   "split into N groups of consecutive CPUs, one per worker's engine.")
 @_monitor_options
 @_server_options
 def command(
@@ -323,16 +324,12 @@ def command(
     security = server.security()
     monitoring = monitor()
     if workers > 1:
-        if engine_cpus is not None:
-            from edgekit.errors import ConfigError
-
-            raise ConfigError("--engine-cpus with --workers is not implemented (each worker would need CPUs "
-                              "of its own): pin one server, or run workers unpinned")
+        groups = _worker_engine_cpus(engine_cpus, workers, threads, server.max_batch_size)
         checked = _cloud_client(cloud_target, cloud_protocol, cloud_model, cloud_tls_ca, cloud_tls_cert,
                                 cloud_tls_key, cloud_token_file)  # bad option pairs fail here, once
         if checked is not None:
             checked.close()
-        _serve_workers(click.get_current_context(), workers)
+        _serve_workers(click.get_current_context(), workers, groups)
         return
     engine, threads = _engine_cpus(engine_cpus, threads, server.max_batch_size)
     from edgekit.runtime.cascade import CascadeSettings
@@ -376,14 +373,45 @@ def _engine_cpus(given: str | None, threads: int | None, max_batch_size: int) ->
     from edgekit.errors import ConfigError
     from edgekit.runtime.affinity import parse_cpu_list, pin_thread, split_cpus
 
-    if max_batch_size <= 1:
-        raise ConfigError("--engine-cpus needs micro-batching (--max-batch-size > 1): it pins the batcher's "
-                          "engine thread")
-    engine, rest = split_cpus(parse_cpu_list(given))
+    import os
+
+    from edgekit.runtime.affinity import RESERVED_CPUS_ENV
+
+    _check_engine_batching(max_batch_size)
+    reserved = os.environ.get(RESERVED_CPUS_ENV)  # a worker of `--workers N --engine-cpus`: all the engines' CPUs
+    engine, rest = split_cpus(parse_cpu_list(given), reserved=parse_cpu_list(reserved) if reserved else None)
     if threads is not None and threads > len(engine):
         raise ConfigError(f"--threads {threads} needs as many CPUs in --engine-cpus (it names {len(engine)})")
     pin_thread(rest)
     return engine, threads or len(engine)
+
+
+def _check_engine_batching(max_batch_size: int) -> None:
+    if max_batch_size <= 1:
+        from edgekit.errors import ConfigError
+
+        raise ConfigError("--engine-cpus needs micro-batching (--max-batch-size > 1): it pins the batcher's "
+                          "engine thread")
+
+
+def _worker_engine_cpus(given: str | None, workers: int, threads: int | None,
+                        max_batch_size: int) -> list[frozenset[int]] | None:
+    """``--workers N --engine-cpus LIST``: LIST split into N groups of consecutive CPUs, one per worker
+    (None without the option), checked here once: the engines' CPUs leave one for the other threads,
+    each worker gets at least one, and ``--threads`` fits every group."""
+    if given is None:
+        return None
+    from edgekit.errors import ConfigError
+    from edgekit.runtime.affinity import parse_cpu_list, split_cpus, worker_cpus
+
+    _check_engine_batching(max_batch_size)
+    engine, _ = split_cpus(parse_cpu_list(given))
+    groups = worker_cpus(engine, workers)
+    fewest = min(len(group) for group in groups)
+    if threads is not None and threads > fewest:
+        raise ConfigError(f"--threads {threads} needs as many CPUs per worker in --engine-cpus (LIST split over "
+                          f"{workers} workers gives one of them {fewest})")
+    return groups
 
 
 def _check_cloud_labels(cloud: CloudClient, labels: tuple[str, ...], cloud_timeout_ms: float) -> None:
@@ -394,15 +422,21 @@ def _check_cloud_labels(cloud: CloudClient, labels: tuple[str, ...], cloud_timeo
         expect(labels, timeout_s=max(cloud_timeout_ms / 1000, 5.0))  # start-up: more patient than one call
 
 
-def _serve_workers(ctx: click.Context, workers: int) -> None:
-    """Run ``workers`` copies of this very command (``--workers 1``) on one port (runtime.workers)."""
+def _serve_workers(ctx: click.Context, workers: int, engine_groups: list[frozenset[int]] | None) -> None:
+    """Run ``workers`` copies of this very command (``--workers 1``) on one port (runtime.workers);
+    with ``engine_groups`` (``--engine-cpus``) worker i pins its engine to group i, and every worker's
+    other threads keep off all the groups."""
     import sys
 
+    from edgekit.runtime.affinity import RESERVED_CPUS_ENV, format_cpus
     from edgekit.runtime.workers import serve_workers, threads_per_worker
 
     params = dict(ctx.params)
-    threads = threads_per_worker(workers, params["threads"])
-    skip = {"bundle", "workers", "metrics_port", "port", "threads"}
+    if engine_groups is None:
+        threads = threads_per_worker(workers, params["threads"])
+    else:
+        threads = params["threads"] or min(len(group) for group in engine_groups)
+    skip = {"bundle", "workers", "metrics_port", "port", "threads", "engine_cpus"}
     options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
     argv = [sys.executable, "-m", "edgekit", "serve", str(params["bundle"]), "--threads", str(threads)]
     from click.core import ParameterSource
@@ -421,9 +455,17 @@ def _serve_workers(ctx: click.Context, workers: int) -> None:
             argv += [flag, str(value)]
     params_port = params["port"]
     security = _security(params["host"], **{name: params[name] for name in _SECURITY_OPTIONS})
-    code = serve_workers(lambda port: [*argv, "--port", str(port)], workers, host=params["host"], port=params_port,
+    env: dict[str, str] = {}
+    if engine_groups is not None:
+        env[RESERVED_CPUS_ENV] = format_cpus(frozenset().union(*engine_groups))
+
+    def worker_argv(port: int, index: int) -> list[str]:
+        pin = [] if engine_groups is None else ["--engine-cpus", format_cpus(engine_groups[index])]
+        return [*argv, *pin, "--port", str(port)]
+
+    code = serve_workers(worker_argv, workers, host=params["host"], port=params_port,
                          metrics_port=params["metrics_port"], grace_s=params["grace_s"], echo=click.echo,
-                         security=security)
+                         security=security, env=env)
     ctx.exit(code)
 
 

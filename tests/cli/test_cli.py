@@ -91,7 +91,7 @@ def test_serve_passes_the_fast_lane_choice_to_the_server_and_to_its_workers(monk
         model.close()
 
     def fake_workers(worker_argv, n, **kwargs):
-        seen["argv"] = worker_argv(1234)
+        seen["argv"] = worker_argv(1234, 0)
         return 0
 
     monkeypatch.setattr(serve_cli, "_serve", fake_serve)
@@ -109,8 +109,38 @@ def test_serve_passes_the_fast_lane_choice_to_the_server_and_to_its_workers(monk
         assert argv[argv.index("--max-batch-size") + 1] == "4" and argv[-2:] == ["--port", "1234"]
 
 
+def test_serve_workers_split_the_engine_cpus_one_group_per_worker(monkeypatch, converted):
+    """`--workers 2 --engine-cpus 2-4` on a 5-CPU machine: worker 0's engine on 2,3, worker 1's on 4,
+    one engine thread each (the smaller group), every worker told all the engines' CPUs (its other
+    threads keep off them); --threads 2 does not fit the one-CPU group and is refused in one line."""
+    import os
+
+    import edgekit.runtime.workers as workers
+    from edgekit.runtime.affinity import RESERVED_CPUS_ENV
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4}, raising=False)
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: None, raising=False)
+    seen = {}
+
+    def fake_workers(worker_argv, n, **kwargs):
+        seen["argv"] = [worker_argv(1234, i) for i in range(n)]
+        seen["env"] = kwargs["env"]
+        return 0
+
+    monkeypatch.setattr(workers, "serve_workers", fake_workers)
+    bundle = str(next(b for b in converted.bundles if b.name == "onnx-int8"))
+    result = CliRunner().invoke(cli, ["serve", bundle, "--workers", "2", "--engine-cpus", "2-4"])
+    assert result.exit_code == 0, result.output
+    first, second = seen["argv"]
+    assert first[first.index("--engine-cpus") + 1] == "2,3" and second[second.index("--engine-cpus") + 1] == "4"
+    assert first.count("--engine-cpus") == 1 and first[first.index("--threads") + 1] == "1"
+    assert seen["env"] == {RESERVED_CPUS_ENV: "2,3,4"}
+    result = CliRunner().invoke(cli, ["serve", bundle, "--workers", "2", "--engine-cpus", "2-4", "--threads", "2"])
+    assert result.exit_code != 0 and "--threads 2 needs as many CPUs per worker" in str(result.exception)
+
+
 @pytest.mark.parametrize(("args", "message"), [
-    (["--engine-cpus", "1", "--workers", "2"], "--engine-cpus with --workers is not implemented"),
+    (["--engine-cpus", "1", "--workers", "2"], "--engine-cpus names 1 CPU(s) for 2 workers"),
     (["--engine-cpus", "1", "--max-batch-size", "1"], "--engine-cpus needs micro-batching"),
     (["--engine-cpus", "one"], "'one' is not a CPU list"),
     (["--engine-cpus", "100000"], "CPU 100000 is not available to this process"),

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from edgekit.errors import ConfigError
-from edgekit.runtime.affinity import parse_cpu_list, pinned, split_cpus
+from edgekit.runtime.affinity import parse_cpu_list, pinned, split_cpus, worker_cpus
 from edgekit.runtime.batching import BatchSettings, MicroBatcher
 
 linux = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
@@ -42,6 +42,28 @@ def test_cpus_must_be_available_and_leave_some_for_the_rest():
 
 @linux
 @two_cpus
+@pytest.mark.parametrize(("cpus", "workers", "groups"), [
+    ({2, 3, 4, 5}, 2, [{2, 3}, {4, 5}]), ({1, 2, 3}, 2, [{1, 2}, {3}]), ({0, 5, 7}, 3, [{0}, {5}, {7}]),
+])
+def test_workers_get_groups_of_consecutive_engine_cpus(cpus, workers, groups):
+    assert worker_cpus(frozenset(cpus), workers) == [frozenset(g) for g in groups]
+
+
+def test_fewer_engine_cpus_than_workers_is_a_config_error():
+    with pytest.raises(ConfigError, match="names 1 CPU"):
+        worker_cpus(frozenset({3}), 2)
+
+
+def test_the_other_threads_keep_off_every_workers_engine(monkeypatch):
+    """A worker's own engine on CPU 2; the rest avoids CPU 3 as well, the other worker's engine."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: None, raising=False)
+    assert split_cpus(frozenset({2}), reserved=frozenset({2, 3})) == ({2}, {0, 1})
+    assert split_cpus(frozenset({2})) == ({2}, {0, 1, 3})
+    with pytest.raises(ConfigError, match="leaves no CPU"):
+        split_cpus(frozenset({2}), reserved=frozenset({0, 1, 2, 3}))
+
+
 def test_the_engine_thread_runs_on_the_engine_cpus_and_pinned_restores_the_caller():
     allowed = frozenset(os.sched_getaffinity(0))
     engine, rest = split_cpus(frozenset({max(allowed)}))
