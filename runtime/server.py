@@ -245,7 +245,7 @@ class EdgeServer:
         self._health.enter_graceful_shutdown()
         self._server.stop(grace_s).wait()
         if self._lane is not None:
-            self._lane.stop()
+            self._lane.stop(timeout_s=max(grace_s, 0.1))  # calls past the grace were cancelled: as long again
         self.dataplane.close()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()

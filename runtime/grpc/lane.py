@@ -46,7 +46,7 @@ import grpc
 from edgekit.runtime.deferred import run_deferred, start_call
 from edgekit.runtime.grpc.servicers import error_status
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, InvalidInput
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.runtime.grpc.pool import LifoPool
@@ -107,7 +107,8 @@ class LaneContext:
         return self._metadata
 
     def peer(self) -> str:
-        return self._call.peer()
+        peer = self._call.peer()
+        return peer.decode("utf-8", "replace") if isinstance(peer, bytes) else peer
 
     def code(self) -> None:
         return None  # a status is only ever set by abort(), which raises
@@ -140,13 +141,23 @@ class _Method:
 class _Call:
     """A call accepted by the lane, waiting for its request message (the tag of that event)."""
 
-    __slots__ = ("method", "call", "deadline", "metadata")
+    __slots__ = ("method", "call", "deadline", "metadata", "cancelled")
 
     def __init__(self, method: _Method, event: Any) -> None:
         self.method = method
         self.call = event.call
         self.deadline = event.call_details.deadline
         self.metadata = event.invocation_metadata
+        self.cancelled = False  # the client cancelled it (learnt from its close event, as grpcio does)
+
+
+class _Close:
+    """The tag of a call's close event: it tells whether the client cancelled the call."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: _Call) -> None:
+        self.call = call
 
 
 _SENT = "sent"  # the tag of a call's last batch: nothing left to do when it completes
@@ -173,9 +184,10 @@ class FastLane:
         self._lock = threading.Condition()
         self._held = 0  # calls accepted here and not handed to the pool or finished
         self._pooled = 0  # calls handed to the pool and not finished
+        self._starting = 0  # batches being started: the queue must not shut under them
+        self._closed = False  # the queue is (being) shut: no more batches may start on it
         self._alone = threading.Lock()  # held by the poller running a call itself
         self._threads: list[threading.Thread] = []
-        self._stopping = False
 
     @property
     def held(self) -> int:
@@ -208,16 +220,32 @@ class FastLane:
             self._threads.append(thread)
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop polling, once the server has stopped (no new calls) and the lane's calls have
-        finished (a pool thread may still be running one the server cancelled: its answer must
-        find the queue open), then close the queue."""
+        """After the server has stopped (no new calls; those past its grace cancelled): wait up to
+        ``timeout_s`` for the lane's calls to finish, then close the queue. A call still running
+        after that (cancelled by the server) starts no batch on the closed queue: gRPC's C core
+        aborts the process on a batch started there."""
         with self._lock:
             if not self._lock.wait_for(lambda: self._held + self._pooled == 0, timeout_s):
                 log.warning("event=lane_stop_timeout calls=%d", self._held + self._pooled)
-        self._stopping = True
+            self._closed = True
+            self._lock.wait_for(lambda: self._starting == 0)  # a batch start takes microseconds
         self._cq.shutdown()
-        for thread in self._threads:
+        for thread in self._threads:  # they drain the queue and end at its shutdown event
             thread.join(timeout_s)
+
+    def _start(self, call: Any, operations: tuple, tag: Any) -> None:
+        """``call.start_server_batch(operations, tag)`` unless the queue is closed."""
+        with self._lock:
+            if self._closed:
+                return
+            self._starting += 1
+        try:
+            call.start_server_batch(operations, tag)
+        finally:
+            with self._lock:
+                self._starting -= 1
+                if not self._starting:
+                    self._lock.notify_all()
 
     def _poll(self) -> None:
         cq = self._cq
@@ -226,8 +254,6 @@ class FastLane:
             event = cq.poll(time.time() + _POLL_S)
             kind = event.completion_type
             if kind == timeout:
-                if self._stopping:
-                    return
                 continue
             if kind == shutdown:
                 return
@@ -237,11 +263,12 @@ class FastLane:
                     self._received(tag, event)
                 elif type(tag) is _Method:
                     self._accept(tag, event)
+                elif type(tag) is _Close:
+                    tag.call.cancelled = event.batch_operations[0].cancelled()
             except Exception:  # a bug here must not stop the poller; the call gets INTERNAL if it can
                 log.exception("event=lane_error tag=%s", type(tag).__name__)
                 if type(tag) is _Call:
-                    with contextlib.suppress(Exception):  # it may have its status already
-                        self._end(tag.call, grpc.StatusCode.INTERNAL, "internal error; see the server log")
+                    self._internal(tag)
 
     def _accept(self, method: _Method, event: Any) -> None:
         if not event.success:  # the server is shutting down: no more calls to ask for
@@ -253,23 +280,21 @@ class FastLane:
         call = _Call(method, event)
         reason = self._authorize(call.metadata) if self._authorize is not None else None
         if reason is not None:
-            self._end(call.call, grpc.StatusCode.UNAUTHENTICATED, reason)
+            self._end(call.call, grpc.StatusCode.UNAUTHENTICATED, reason, closing=True)
             return
         reason = self._admission.reason() if self._admission is not None else None
         if reason is not None:
-            self._end(call.call, grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+            self._end(call.call, grpc.StatusCode.RESOURCE_EXHAUSTED, reason, closing=True)
             return
         with self._lock:
             self._held += 1
         try:
-            started = call.call.start_server_batch((cygrpc.ReceiveMessageOperation(0),), call)
-            if started != cygrpc.CallError.ok:  # no event will come for it (the call is over): count it out
-                log.debug("event=lane_receive_not_started method=%s error=%s", method.path, started)
-                self._release()
+            # as grpcio: the close event comes early if the client cancels (a cancelled call is not run)
+            self._start(call.call, (cygrpc.ReceiveCloseOnServerOperation(0),), _Close(call))
+            self._start(call.call, (cygrpc.ReceiveMessageOperation(0),), call)
         except BaseException:
             self._release()
-            with contextlib.suppress(Exception):
-                self._end(call.call, grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            self._internal(call)
             raise
 
     def _received(self, call: _Call, event: Any) -> None:
@@ -280,7 +305,7 @@ class FastLane:
             if message is None:  # the client went away, or closed without a message
                 if event.success:
                     self._end(call.call, grpc.StatusCode.UNIMPLEMENTED,
-                              f"{call.method.path} requires exactly one request message")
+                              f'"{call.method.path}" requires exactly one request message.')
                 return
             if self._alone.acquire(blocking=False):
                 try:
@@ -306,6 +331,9 @@ class FastLane:
     def _run_pooled(self, call: _Call, message: bytes) -> None:
         try:
             self._run(call, message)
+        except Exception:  # nobody reads the pool's future: say it here, and end the call
+            log.exception("event=lane_error method=%s", call.method.path)
+            self._internal(call)
         finally:
             self._finish_pooled()
 
@@ -322,12 +350,14 @@ class FastLane:
                 self._lock.notify_all()
 
     def _run(self, call: _Call, message: bytes) -> None:
+        if call.cancelled:  # the client is gone (grpcio skips such a call too)
+            return
         method = call.method
         try:
             request = method.parse(message)
         except Exception as exc:  # protobuf's DecodeError: the client's fault, not INTERNAL
-            self._end(call.call, grpc.StatusCode.INVALID_ARGUMENT,
-                      f"malformed request message ({len(message)} bytes): {exc}")
+            reason = f"malformed request message ({len(message)} bytes): {exc}"
+            self._end(call.call, *error_status(InvalidInput(reason), method.path))
             return
         try:
             answer = method.serialize(method.behavior(request, LaneContext(call.deadline, call.metadata, call.call)))
@@ -336,17 +366,21 @@ class FastLane:
         except Exception as exc:
             self._end(call.call, *error_status(exc, method.path))
         else:
-            call.call.start_server_batch(
-                (cygrpc.SendInitialMetadataOperation((), 0), cygrpc.SendMessageOperation(answer, 0),
-                 cygrpc.SendStatusFromServerOperation((), _CODES[grpc.StatusCode.OK], b"", 0),
-                 cygrpc.ReceiveCloseOnServerOperation(0)), _SENT)
+            self._start(call.call, (cygrpc.SendInitialMetadataOperation((), 0), cygrpc.SendMessageOperation(answer, 0),
+                                    cygrpc.SendStatusFromServerOperation((), _CODES[grpc.StatusCode.OK], b"", 0)),
+                        _SENT)
 
-    def _end(self, call: Any, code: grpc.StatusCode, details: str) -> None:
-        """End ``call`` with ``code`` and ``details``, no answer."""
-        call.start_server_batch(
-            (cygrpc.SendInitialMetadataOperation((), 0),
-             cygrpc.SendStatusFromServerOperation((), _CODES[code], details.encode("utf-8"), 0),
-             cygrpc.ReceiveCloseOnServerOperation(0)), _SENT)
+    def _end(self, call: Any, code: grpc.StatusCode, details: str, *, closing: bool = False) -> None:
+        """End ``call`` with ``code`` and ``details``, no answer; ``closing`` for a call refused before
+        the lane asked for its close event (as grpcio's refusal, the same batch asks for it)."""
+        operations = (cygrpc.SendInitialMetadataOperation((), 0),
+                      cygrpc.SendStatusFromServerOperation((), _CODES[code], details.encode("utf-8", "replace"), 0))
+        self._start(call, operations + ((cygrpc.ReceiveCloseOnServerOperation(0),) if closing else ()), _SENT)
+
+    def _internal(self, call: _Call) -> None:
+        """End an accepted call INTERNAL after a bug in the lane, if it can still be ended."""
+        with contextlib.suppress(Exception):  # it may have its status already
+            self._end(call.call, grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
 class _Registrar:

@@ -3,12 +3,17 @@
 A lone call runs on the lane's thread that received it (no hand-over to a pool thread), a call
 that arrives while another runs goes to the worker pool, and every answer (success, bad input,
 malformed bytes, a model bug, a missing or wrong token, an unknown model, the in-flight bound)
-is the same, code and details, as grpcio's own path gives with ``fast_lane=False``.
+is the same, code and details, as grpcio's own path gives with ``fast_lane=False``; a call the client
+cancelled while it waited for a thread is not run, and a call still running when the server's grace
+ends finishes without touching the closed queue.
 
 How each test was checked to fail: with ``FastLane._received`` always handing calls to the pool,
 the lone-call and busy tests see pool threads; with the hand-over removed (every call run by the
 poller that received it), the busy test sees a lane thread for the second call; with the lane's
-error statuses replaced by INTERNAL, or its token check dropped, the parity test differs.
+error statuses replaced by INTERNAL, or its token check dropped, the parity test differs; without
+the cancelled check in ``FastLane._run`` the cancelled text reaches the model; without the closed
+check in ``FastLane._start`` the grace-period test's process aborts (gRPC's C core: a batch started
+on a shut-down queue).
 """
 
 from __future__ import annotations
@@ -203,3 +208,45 @@ def test_a_call_the_client_gave_up_on_is_counted_out_and_the_lane_serves_on():
             for _ in range(20):
                 assert stub.Classify(ek.ClassifyRequest(texts=["cancel my order"]), timeout=5).predictions
             assert _until(lambda: server._held_calls() == 0), server._held_calls()  # no call left counted in
+
+
+def test_a_call_still_running_after_the_grace_period_ends_without_crashing_the_server():
+    """The server cancels a call past its grace and closes the lane's queue; when the call's model
+    returns, its answer must not be started on the closed queue (gRPC's C core aborts the process
+    then: this test's process would die with SIGABRT)."""
+    model = KeywordModel(hold_on="hold")
+    with serving(model) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            call = ek_grpc.EdgeClassifierStub(channel).Classify.future(
+                ek.ClassifyRequest(texts=["hold: where is my package"]), timeout=20)
+            assert model.entered.wait(5)
+            stopping = threading.Thread(target=server.stop, kwargs={"grace_s": 0.2})
+            stopping.start()
+            assert _until(lambda: server._lane._closed, timeout_s=10)  # the queue is closed under the call
+            model.release.set()  # now the call answers
+            stopping.join(10)
+            assert not stopping.is_alive()
+            with pytest.raises(grpc.RpcError):
+                call.result()  # cancelled by the server at the end of its grace
+    threading.Event().wait(0.2)
+    assert not any(t.name.startswith("edgekit-lane_") for t in threading.enumerate())
+
+
+def test_a_call_the_client_cancelled_while_it_waited_for_a_thread_is_not_run():
+    """As grpcio's path: a call cancelled before a worker thread took it never reaches the model."""
+    model = KeywordModel(hold_on="hold")
+    with serving(model, max_workers=1) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = ek_grpc.EdgeClassifierStub(channel)
+            first = stub.Classify.future(ek.ClassifyRequest(texts=["hold: where is my package"]), timeout=10)
+            assert model.entered.wait(5)  # on a lane thread
+            second = stub.Classify.future(ek.ClassifyRequest(texts=["cancel my order"]), timeout=10)  # the one worker
+            assert _until(lambda: server._pool.held == 1)
+            third = stub.Classify.future(ek.ClassifyRequest(texts=["refund please, third"]), timeout=10)
+            assert _until(lambda: server._pool.held == 2)  # waiting for the busy worker
+            third.cancel()
+            threading.Event().wait(0.3)  # the cancel reaches the server
+            model.release.set()
+            assert first.result().predictions and second.result().predictions
+            assert _until(lambda: server._held_calls() == 0)
+    assert not any("third" in text for text in model.seen), model.seen
