@@ -170,15 +170,21 @@ def test_the_in_flight_bound_counts_calls_on_both_paths(fast_lane):
             assert infer.ModelInfer(_v2_request("cancel my order"), timeout=5).outputs
 
 
+def _stop_during_a_held_call(server, channel, model, grace_s: float):
+    """A lone call held in the model, then ``server.stop(grace_s)`` started in a thread: (call, thread)."""
+    call = ek_grpc.EdgeClassifierStub(channel).Classify.future(
+        ek.ClassifyRequest(texts=["hold: where is my package"]), timeout=20)
+    assert model.entered.wait(5)
+    stopping = threading.Thread(target=server.stop, kwargs={"grace_s": grace_s})
+    stopping.start()
+    return call, stopping
+
+
 def test_stop_lets_a_running_lane_call_finish():
     model = KeywordModel(hold_on="hold")
     with serving(model) as server:
         with grpc.insecure_channel(server.address) as channel:
-            call = ek_grpc.EdgeClassifierStub(channel).Classify.future(
-                ek.ClassifyRequest(texts=["hold: where is my package"]), timeout=10)
-            assert model.entered.wait(5)
-            stopping = threading.Thread(target=server.stop, kwargs={"grace_s": 5.0})
-            stopping.start()
+            call, stopping = _stop_during_a_held_call(server, channel, model, grace_s=5.0)
             threading.Event().wait(0.2)
             model.release.set()
             assert call.result().predictions[0].label == "track_order"
@@ -217,11 +223,7 @@ def test_a_call_still_running_after_the_grace_period_ends_without_crashing_the_s
     model = KeywordModel(hold_on="hold")
     with serving(model) as server:
         with grpc.insecure_channel(server.address) as channel:
-            call = ek_grpc.EdgeClassifierStub(channel).Classify.future(
-                ek.ClassifyRequest(texts=["hold: where is my package"]), timeout=20)
-            assert model.entered.wait(5)
-            stopping = threading.Thread(target=server.stop, kwargs={"grace_s": 0.2})
-            stopping.start()
+            call, stopping = _stop_during_a_held_call(server, channel, model, grace_s=0.2)
             assert _until(lambda: server._lane._closed, timeout_s=10)  # the queue is closed under the call
             model.release.set()  # now the call answers
             stopping.join(10)
