@@ -29,7 +29,7 @@ from edgekit.cli import run_command
               help="Repeat the one-client measurement this many times (--rounds each) and list each block's "
                    "overheads: the spread one run hides.")
 @click.option("--modes", default=None, metavar="LIST",
-              help="Server modes to measure, comma-separated (default: all of default,no-batching,wait-2ms).")
+              help="Server modes to measure, comma-separated (default: all of default,no-batching,wait-2ms,no-fast-lane).")
 @click.option("--references", default="bare-model,fused-minimum,bare-dataplane", show_default=True, metavar="LIST",
               help="Bare servers to measure beside edgekit's, comma-separated, or `none`. `--modes default "
                    "--references none`: issue 12's three subjects alone (in-process, echo, the default server).")

@@ -57,12 +57,12 @@ def split_cpus(engine: frozenset[int], reserved: frozenset[int] | None = None) -
     missing = sorted(engine - allowed)
     if missing:
         raise ConfigError(f"--engine-cpus: CPU {', '.join(map(str, missing))} is not available to this process "
-                          f"(it may use {_format(allowed)})")
+                          f"(it may use {format_cpus(allowed)})")
     taken = engine | (reserved or frozenset())
     rest = allowed - taken
     if not rest:
-        raise ConfigError(f"--engine-cpus {_format(taken)} leaves no CPU for the server's other threads "
-                          f"(it may use {_format(allowed)})")
+        raise ConfigError(f"--engine-cpus {format_cpus(taken)} leaves no CPU for the server's other threads "
+                          f"(it may use {format_cpus(allowed)})")
     return engine, rest
 
 
@@ -80,11 +80,6 @@ def worker_cpus(engine: frozenset[int], workers: int) -> list[frozenset[int]]:
         groups.append(frozenset(cpus[start:end]))
         start = end
     return groups
-
-
-def format_cpus(cpus: frozenset[int]) -> str:
-    """CPUs as ``--engine-cpus`` takes them (``2,3``)."""
-    return _format(cpus)
 
 
 def pin_thread(cpus: frozenset[int]) -> None:
@@ -107,5 +102,6 @@ def pinned(cpus: frozenset[int] | None) -> Iterator[None]:
         pin_thread(before)
 
 
-def _format(cpus: frozenset[int]) -> str:
+def format_cpus(cpus: frozenset[int]) -> str:
+    """CPUs as ``--engine-cpus`` takes them (``2,3``)."""
     return ",".join(map(str, sorted(cpus)))

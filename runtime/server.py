@@ -33,7 +33,7 @@ from edgekit.runtime.batching import BatchSettings
 from edgekit.runtime.cascade import CascadeSettings
 from edgekit.runtime.dataplane import WARMUP_TEXTS, DataPlane, Limits, MonitorSettings
 from edgekit.runtime.grpc import edgekit_pb2_grpc, grpc_predict_v2_pb2_grpc
-from edgekit.runtime.grpc.lane import FastLane, lane_available
+from edgekit.runtime.grpc.lane import FastLane
 from edgekit.runtime.grpc.pool import LifoPool
 from edgekit.runtime.grpc.servicers import (
     SERVICE_NAMES,
@@ -147,13 +147,13 @@ class EdgeServer:
 
     def _fast_lane(self) -> FastLane | None:
         """The fast lane on this grpcio, or None (a warning says why) where it cannot run."""
-        reason = lane_available()
-        if reason is not None:
-            log.warning("event=fast_lane_off reason=%r", reason)
-            return None
         tokens = self._tokens
-        return FastLane(self._server, self._pool, admission=self._admission,
-                        authorize=None if tokens is None else functools.partial(auth_refusal, tokens))
+        try:
+            return FastLane(self._server, self._pool, admission=self._admission,
+                            authorize=None if tokens is None else functools.partial(auth_refusal, tokens))
+        except ConfigError as exc:  # lane_available(): this grpcio lacks what the lane needs
+            log.warning("event=fast_lane_off reason=%r", str(exc))
+            return None
 
     def _add_services(self) -> None:
         """Both classify APIs (their unary hot methods on the fast lane, if on), the admin API

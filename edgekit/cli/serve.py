@@ -370,12 +370,10 @@ def _engine_cpus(given: str | None, threads: int | None, max_batch_size: int) ->
     calling thread, and every thread the server starts from it, moves to the other CPUs now."""
     if given is None:
         return None, threads
-    from edgekit.errors import ConfigError
-    from edgekit.runtime.affinity import parse_cpu_list, pin_thread, split_cpus
-
     import os
 
-    from edgekit.runtime.affinity import RESERVED_CPUS_ENV
+    from edgekit.errors import ConfigError
+    from edgekit.runtime.affinity import RESERVED_CPUS_ENV, parse_cpu_list, pin_thread, split_cpus
 
     _check_engine_batching(max_batch_size)
     reserved = os.environ.get(RESERVED_CPUS_ENV)  # a worker of `--workers N --engine-cpus`: all the engines' CPUs

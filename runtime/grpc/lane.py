@@ -39,7 +39,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 LANE_METHODS = frozenset({"/edgekit.v1.EdgeClassifier/Classify", "/inference.GRPCInferenceService/ModelInfer"})
 
 _POLLERS = 2  # one may run a call while the other accepts (module docstring)
-_POLL_S = 1.0  # how often an idle poller looks at the stop flag
+_POLL_S = 1.0  # an idle poller's wait per poll (it ends at the queue's shutdown event)
 _CODES = {code: code.value[0] for code in grpc.StatusCode}
 
 
@@ -90,28 +90,16 @@ def lane_available() -> str | None:
 
 
 class LaneContext:
-    """What edgekit's servicers use of ``grpc.ServicerContext``: ``time_remaining``,
-    ``invocation_metadata``, ``peer``, ``abort`` (raises) and ``code``."""
+    """What the lane methods' servicers use of ``grpc.ServicerContext``: ``time_remaining`` and
+    ``abort`` (raises)."""
 
-    __slots__ = ("_deadline", "_metadata", "_call")
+    __slots__ = ("_deadline",)
 
-    def __init__(self, deadline: float, metadata: Sequence[tuple[str, Any]], call: Any) -> None:
+    def __init__(self, deadline: float) -> None:
         self._deadline = deadline
-        self._metadata = metadata
-        self._call = call
 
     def time_remaining(self) -> float:
         return max(self._deadline - time.time(), 0.0)
-
-    def invocation_metadata(self) -> Sequence[tuple[str, Any]]:
-        return self._metadata
-
-    def peer(self) -> str:
-        peer = self._call.peer()
-        return peer.decode("utf-8", "replace") if isinstance(peer, bytes) else peer
-
-    def code(self) -> None:
-        return None  # a status is only ever set by abort(), which raises
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise _Aborted(code, details)
@@ -193,10 +181,6 @@ class FastLane:
     def held(self) -> int:
         """Calls the lane has accepted and neither finished nor handed to the pool."""
         return self._held
-
-    @property
-    def methods(self) -> frozenset[str]:
-        return frozenset(self._methods)
 
     def add(self, path: str, handler: grpc.RpcMethodHandler) -> None:
         """Serve ``path`` (``/package.Service/Method``) with ``handler``'s unary behaviour."""
@@ -360,7 +344,7 @@ class FastLane:
             self._end(call.call, *error_status(InvalidInput(reason), method.path))
             return
         try:
-            answer = method.serialize(method.behavior(request, LaneContext(call.deadline, call.metadata, call.call)))
+            answer = method.serialize(method.behavior(request, LaneContext(call.deadline)))
         except _Aborted as exc:
             self._end(call.call, exc.code, exc.details)
         except Exception as exc:
