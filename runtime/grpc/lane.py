@@ -284,6 +284,7 @@ class FastLane:
     def _received(self, call: _Call, event: Any) -> None:
         """Run the call here if nothing else runs, else hand it to the pool; either way it is no
         longer the lane's to count once this returns."""
+        deferred = False
         try:
             message = event.batch_operations[0].message() if event.success else None
             if message is None:  # the client went away, or closed without a message
@@ -295,10 +296,8 @@ class FastLane:
                 try:
                     if self._pooled == 0:  # no other call running: run it here, no hand-over
                         start_call()
-                        try:
-                            self._run(call, message)
-                        finally:
-                            run_deferred()  # the answer is on its way: now the call's bookkeeping
+                        deferred = True
+                        self._run(call, message)
                         return
                 finally:
                     self._alone.release()
@@ -310,7 +309,11 @@ class FastLane:
                 self._finish_pooled()
                 raise
         finally:
+            # counted out before the bookkeeping: the client may send its next call as soon as the
+            # answer is out, and must not find this one still counted against --max-inflight
             self._release()
+            if deferred:
+                run_deferred()  # the answer is on its way: now the call's bookkeeping
 
     def _run_pooled(self, call: _Call, message: bytes) -> None:
         try:
